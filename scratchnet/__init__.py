@@ -1,0 +1,37 @@
+"""scratchnet: a neural-network library written from scratch.
+
+Every forward pass, gradient and optimizer step is scratchnet's own code; the
+array work goes through one backend object -- NumPy, Numba-fused CPU kernels
+or CuPy on a CUDA GPU -- so the same model trains unchanged on any of them::
+
+    import scratchnet as sn
+    model = sn.Sequential([sn.Dense(784, 256, init="he"), sn.ReLU(),
+                           sn.Dense(256, 10)], seed=0)
+    hist = model.fit(X, y, loss=sn.SoftmaxCrossEntropy(), optimizer=sn.Adam(1e-3),
+                     epochs=10, batch_size=128)
+
+``import scratchnet`` imports neither numba nor cupy: backends load on demand.
+"""
+
+__version__ = "0.1.0"
+
+from . import datasets, schedules
+from .backends import (BackendUnavailableError, available_backends, get_backend, set_backend,
+                       use_backend)
+from .gradcheck import GradCheckResult, gradcheck
+from .io import load
+from .layers import (Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, ReLU, Residual,
+                     Sigmoid, Softmax, Tanh)
+from .losses import MSE, BinaryCrossEntropy, CrossEntropy, Loss, SoftmaxCrossEntropy
+from .model import History, Sequential, TrainingDivergedError
+from .optimizers import SGD, Adam, Optimizer
+
+__all__ = [
+    "Sequential", "History", "TrainingDivergedError",
+    "Layer", "Dense", "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+    "Dropout", "BatchNorm", "Residual",
+    "Loss", "SoftmaxCrossEntropy", "CrossEntropy", "BinaryCrossEntropy", "MSE",
+    "Optimizer", "SGD", "Adam",
+    "set_backend", "use_backend", "get_backend", "available_backends",
+    "BackendUnavailableError", "gradcheck", "GradCheckResult", "load", "datasets", "schedules",
+]

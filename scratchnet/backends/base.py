@@ -1,0 +1,242 @@
+"""The backend seam: one ``Ops`` object does every piece of array work.
+
+Layers, losses and optimizers call only the methods below. Each method has a
+*composed default* written in ``self.xp`` (NumPy or CuPy), so a new backend is
+correct the moment it sets ``xp``; a fast backend then overrides the hot
+methods and calls ``super()`` for anything it does not cover.
+
+Conventions (all methods):
+
+* arrays are batch-major: ``X`` is (N, features), ``W`` is (in, out);
+* float32 by default, float64 on request; no method silently changes dtype;
+* ``out=`` (where offered) may alias an input: the result overwrites it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+
+#: Activations that the fused bias+activation primitives understand.
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+
+
+class Ops:
+    """Base backend: composed defaults for every primitive, written in ``self.xp``."""
+
+    name = "base"
+    xp = numpy
+
+    # ------------------------------------------------------------------ arrays
+    def asarray(self, x, dtype=None):
+        """Return ``x`` as an array of this backend (no copy when already one)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_host(self, x):
+        """Return ``x`` as a NumPy array (a copy only when it lives elsewhere)."""
+        return numpy.asarray(x)
+
+    def zeros(self, shape, dtype="float32"):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def empty(self, shape, dtype="float32"):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def is_own_array(self, x):
+        """True when ``x`` is an array this backend computes on."""
+        return isinstance(x, self.xp.ndarray)
+
+    def synchronize(self):
+        """Wait for queued device work (no-op on the CPU)."""
+
+    def make_rng(self, seed=None):
+        """A seeded random generator used for dropout masks on this backend."""
+        return numpy.random.default_rng(seed)
+
+    def rng_state(self, rng):
+        return rng.bit_generator.state
+
+    def set_rng_state(self, rng, state):
+        rng.bit_generator.state = state
+
+    # ---------------------------------------------------------------- products
+    def matmul(self, a, b, out=None):
+        """``a @ b``; transposed views are passed to BLAS without a copy."""
+        return self.xp.matmul(a, b, out=out)
+
+    def take_rows(self, X, idx, out=None):
+        """Gather ``X[idx]`` (a mini-batch) into ``out`` when given."""
+        return self.xp.take(X, idx, axis=0, out=out)
+
+    # ------------------------------------------------------------- activation
+    def bias_act(self, Z, b, activation, alpha=0.01, out=None):
+        """Forward of Dense+activation: ``f(Z + b)``.
+
+        Z: (N, M) pre-activation without bias (usually ``X @ W``); b: (M,) or
+        None; activation: one of ``ACTIVATIONS``; alpha: LeakyReLU slope.
+        Writes into ``out`` when given (``out`` may be ``Z``).
+        """
+        xp = self.xp
+        if b is not None:
+            Z = xp.add(Z, b, out=out)
+            out = Z
+        if activation == "identity":
+            if out is not None and out is not Z:
+                out[...] = Z
+                return out
+            return Z
+        if activation == "relu":
+            return xp.maximum(Z, 0, out=out)
+        if activation == "leaky_relu":
+            return xp.where(Z > 0, Z, Z * Z.dtype.type(alpha))
+        if activation == "sigmoid":
+            # exp of a non-positive number only: stable for large |Z|.
+            e = xp.exp(-xp.abs(Z))
+            return xp.where(Z >= 0, 1 / (1 + e), e / (1 + e)).astype(Z.dtype, copy=False)
+        if activation == "tanh":
+            return xp.tanh(Z, out=out)
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+    def act_backward(self, dY, Y, activation, alpha=0.01, out=None):
+        """``dZ = dY * f'(Z)``, written in terms of the forward *output* ``Y``.
+
+        Valid for ReLU, LeakyReLU (alpha >= 0), sigmoid and tanh, so the
+        forward pass need not keep its input.
+        """
+        xp = self.xp
+        if activation == "identity":
+            return dY
+        if activation == "relu":
+            return xp.multiply(dY, Y > 0, out=out)
+        if activation == "leaky_relu":
+            return dY * xp.where(Y > 0, Y.dtype.type(1), Y.dtype.type(alpha))
+        if activation == "sigmoid":
+            return xp.multiply(dY, Y * (1 - Y), out=out)
+        if activation == "tanh":
+            return xp.multiply(dY, 1 - Y * Y, out=out)
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+    def act_backward_bias(self, dY, Y, activation, alpha=0.01, out=None):
+        """Activation backward and the bias gradient: returns ``(dZ, db)``.
+
+        dZ = dY * f'(Y) (N, M) and db = dZ summed over rows (M,). Fused
+        backends do both in one pass over dY.
+        """
+        dZ = self.act_backward(dY, Y, activation, alpha, out=out)
+        return dZ, dZ.sum(axis=0)
+
+    # ---------------------------------------------------------------- softmax
+    def softmax(self, Z, out=None):
+        """Row-wise softmax of (N, C) logits, stable for large values."""
+        xp = self.xp
+        e = xp.exp(Z - Z.max(axis=1, keepdims=True))
+        return xp.divide(e, e.sum(axis=1, keepdims=True), out=out)
+
+    def softmax_backward(self, dY, Y):
+        """Backward of softmax from its output: ``Y * (dY - sum(dY*Y))``."""
+        return Y * (dY - (dY * Y).sum(axis=1, keepdims=True))
+
+    def log_softmax(self, Z):
+        xp = self.xp
+        shifted = Z - Z.max(axis=1, keepdims=True)
+        return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+    def softmax_cross_entropy(self, logits, labels):
+        """Fused softmax + cross-entropy from integer labels.
+
+        logits: (N, C) float; labels: (N,) integer in [0, C).
+        Returns ``(loss, grad)``: ``loss`` is the mean negative log-likelihood
+        as a 0-d array on this backend (no host sync), ``grad`` is dL/dlogits
+        = (softmax(logits) - onehot(labels)) / N, shape (N, C).
+        """
+        xp = self.xp
+        n = logits.shape[0]
+        logp = self.log_softmax(logits)
+        rows = xp.arange(n)
+        loss = -logp[rows, labels].mean()
+        grad = xp.exp(logp)
+        grad[rows, labels] -= 1
+        grad /= n
+        return loss, grad
+
+    def count_correct(self, scores, labels):
+        """Number of rows whose argmax equals the label (0-d array, no sync)."""
+        return (scores.argmax(axis=1) == labels).sum()
+
+    # ---------------------------------------------------------------- dropout
+    def dropout(self, X, p, rng):
+        """Inverted dropout: returns ``(X * mask, mask)``.
+
+        mask is 0 with probability p and 1/(1-p) otherwise, drawn from ``rng``
+        (a generator from ``make_rng``), same dtype as X.
+        """
+        xp = self.xp
+        keep = rng.random(X.shape, dtype=numpy.float32) >= p
+        mask = xp.asarray(keep, dtype=X.dtype) * X.dtype.type(1.0 / (1.0 - p))
+        return X * mask, mask
+
+    def dropout_backward(self, dY, mask):
+        return dY * mask
+
+    # ------------------------------------------------------------- batch norm
+    def batchnorm_forward(self, X, gamma, beta, eps):
+        """Training-mode batch norm over rows. Returns ``(Y, xhat, mean, var, inv_std)``."""
+        xp = self.xp
+        mean = X.mean(axis=0)
+        var = X.var(axis=0)
+        inv_std = 1 / xp.sqrt(var + X.dtype.type(eps))
+        xhat = (X - mean) * inv_std
+        return xhat * gamma + beta, xhat, mean, var, inv_std
+
+    def batchnorm_backward(self, dY, xhat, gamma, inv_std):
+        """Returns ``(dX, dgamma, dbeta)`` for the training-mode forward above."""
+        n = dY.shape[0]
+        dbeta = dY.sum(axis=0)
+        dgamma = (dY * xhat).sum(axis=0)
+        dX = (gamma * inv_std / n) * (n * dY - dbeta - xhat * dgamma)
+        return dX, dgamma, dbeta
+
+    # ------------------------------------------------------------- optimizers
+    def sgd_update(self, param, grad, velocity, lr, momentum=0.0, nesterov=False,
+                   weight_decay=0.0):
+        """One SGD step in place, PyTorch's definition (dampening 0).
+
+        g = grad + weight_decay * param; v = momentum * v + g;
+        step = g + momentum * v (Nesterov) or v; param -= lr * step.
+        ``velocity`` is None when momentum == 0.
+        """
+        g = grad
+        if weight_decay:
+            g = grad + weight_decay * param
+        if momentum:
+            velocity *= momentum
+            velocity += g
+            g = g + momentum * velocity if nesterov else velocity
+        param -= param.dtype.type(lr) * g
+
+    def adam_update(self, param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                    weight_decay=0.0):
+        """One bias-corrected Adam step in place, PyTorch's definition.
+
+        ``step`` is the 1-based step count after this update.
+        """
+        xp = self.xp
+        g = grad
+        if weight_decay:
+            g = grad + weight_decay * param
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * (g * g)
+        step_size = lr / (1 - beta1 ** step)
+        denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** step) + param.dtype.type(eps)
+        param -= param.dtype.type(step_size) * (m / denom)
+
+    # ------------------------------------------------------------- reporting
+    def describe(self):
+        """One-line description for ``scratchnet info``."""
+        return f"{self.name}: {self.xp.__name__} {self.xp.__version__}"
+
+    def __repr__(self):
+        return f"<scratchnet backend {self.name!r}>"

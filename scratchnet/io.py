@@ -1,0 +1,88 @@
+"""Saving and loading models: one ``.npz`` file holding a JSON config and arrays.
+
+``save`` writes to a temporary file in the same folder and renames it over
+the target only once it is complete, so a failed save (full disk, an
+exception while writing) leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy
+
+FORMAT = "scratchnet-model"
+VERSION = 1
+
+
+def save_model(model, path):
+    path = os.fspath(path)
+    config = {"format": FORMAT, "version": VERSION, **model.get_config(),
+              "backend": model.ops.name, "optimizer": None}
+    arrays = model.state_arrays()
+    opt = model.optimizer
+    if opt is not None:
+        config["optimizer"] = {"class": type(opt).__name__, "config": opt.get_config(),
+                               "steps": {p: st["step"] for p, st in opt.state.items()}}
+        for p, st in opt.state.items():
+            for k in opt.state_names:
+                arrays[f"opt:{p}:{k}"] = model.ops.to_host(st[k])
+    blob = numpy.frombuffer(json.dumps(config).encode("utf-8"), dtype=numpy.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".scratchnet-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            numpy.savez(f, __config__=blob, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path, backend=None):
+    """Load a model saved with ``model.save``; onto ``backend`` (a name) or the
+    current backend. A model saved on a GPU loads on a CPU-only machine."""
+    from .layers import layer_from_config
+    from .model import Sequential
+    from .optimizers import optimizer_from_config
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no model file at {path!r}")
+    try:
+        with numpy.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        raise ValueError(f"{path}: not a readable scratchnet model file (corrupt or "
+                         f"truncated?): {err}") from None
+    if "__config__" not in arrays:
+        raise ValueError(f"{path}: not a scratchnet model file (no config inside)")
+    try:
+        config = json.loads(arrays.pop("__config__").tobytes().decode("utf-8"))
+        if config.get("format") != FORMAT:
+            raise ValueError(f"format is {config.get('format')!r}")
+        if config.get("version", 0) > VERSION:
+            raise ValueError(f"written by a newer scratchnet (format version {config['version']})")
+        layers = [layer_from_config(spec) for spec in config["layers"]]
+        model = Sequential(layers, seed=config.get("seed"), dtype=config["dtype"], backend=backend)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid scratchnet model file: {err}") from None
+    opt_arrays = {k: arrays.pop(k) for k in list(arrays) if k.startswith("opt:")}
+    model.load_state_arrays(arrays, source=path)
+    if config.get("optimizer"):
+        opt = optimizer_from_config(config["optimizer"])
+        for p, step in config["optimizer"].get("steps", {}).items():
+            st = {"step": int(step)}
+            for k in opt.state_names:
+                key = f"opt:{p}:{k}"
+                if key not in opt_arrays:
+                    raise ValueError(f"{path}: optimizer state {key} is missing")
+                st[k] = model.ops.asarray(opt_arrays[key], dtype=model.dtype)
+            opt.state[p] = st
+        model.optimizer = opt
+    return model

@@ -1,0 +1,211 @@
+"""Losses: ``forward(out, y) -> float`` then ``backward() -> dL/dout``.
+
+All losses are means over the batch (MSE and binary cross-entropy: over every
+element, as PyTorch does), so per-sample gradients summed over a batch and
+divided by its size equal the batch gradient.
+
+=========================  ==========================  ==========================
+loss                       ``out`` (model output)      ``y``
+=========================  ==========================  ==========================
+``SoftmaxCrossEntropy``    logits (N, C)               int labels (N,) or (N, C)
+                                                       one-hot / probabilities
+``CrossEntropy``           probabilities (N, C)        same as above
+``BinaryCrossEntropy``     probabilities (N, M)        0/1 (or soft) targets,
+                                                       same shape ((N,) if M=1)
+``MSE``                    any (N, M)                  same shape; int labels
+                                                       (N,) mean one-hot
+=========================  ==========================  ==========================
+"""
+
+from __future__ import annotations
+
+from ._validate import check_labels, check_targets
+
+
+class Loss:
+    """Base class. ``_compute`` does the work on the backend and keeps the
+    gradient; ``forward`` adds input checks and returns a Python float."""
+
+    def __init__(self):
+        self._grad = None
+
+    def forward(self, out, y):
+        """Loss value (float) for model output ``out`` and targets ``y``."""
+        ops = _ops_of(out)
+        return float(self._compute(out, self.prepare_targets(y, out.shape, ops, out.dtype), ops))
+
+    __call__ = forward
+
+    def backward(self):
+        """dL/dout from the last ``forward``, same shape as ``out``."""
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        return self._grad
+
+    # -- used by the training loop (targets prepared once per fit) --------
+    def prepare_targets(self, y, out_shape, ops, dtype):
+        """Check targets on the host; return them as backend arrays
+        (integer labels as int64, real targets as ``dtype``)."""
+        raise NotImplementedError
+
+    def tracks_accuracy(self, y):
+        """Whether accuracy means something for these prepared targets."""
+        return True
+
+    def _compute(self, out, y, ops):
+        """Loss as a 0-d backend array (no host sync); stores the gradient."""
+        raise NotImplementedError
+
+    def count_correct(self, out, y, ops):
+        """Correct predictions in the batch, as a 0-d backend array."""
+        if y.ndim == 1:
+            return ops.count_correct(out, y)
+        return ops.count_correct(out, y.argmax(axis=1))
+
+    def get_config(self):
+        return {}
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def _ops_of(out):
+    from .backends import get_backend, get_ops
+    from ._compat import is_cupy_array
+    return get_ops("cupy") if is_cupy_array(out) else get_backend()
+
+
+class _ClassTargets(Loss):
+    """Targets are integer labels (N,) or a (N, C) target distribution."""
+
+    def prepare_targets(self, y, out_shape, ops, dtype):
+        if len(out_shape) != 2:
+            raise ValueError(f"{type(self).__name__} expects model output of shape (N, C), got "
+                             f"{tuple(out_shape)}")
+        if getattr(y, "ndim", None) == 2 or (not hasattr(y, "ndim") and _is_nested(y)):
+            t = check_targets(y, out_shape, "y")
+            return ops.asarray(t, dtype=dtype)
+        return ops.asarray(check_labels(y, out_shape[0], out_shape[1]))
+
+
+def _is_nested(y):
+    return isinstance(y, (list, tuple)) and len(y) > 0 and isinstance(y[0], (list, tuple))
+
+
+class SoftmaxCrossEntropy(_ClassTargets):
+    """Softmax and cross-entropy fused, on logits: loss = mean(-log softmax(z)[y]).
+
+    The gradient is (softmax(z) - onehot(y)) / N: the softmax Jacobian
+    cancels, which is both faster and stabler than Softmax + CrossEntropy.
+    """
+
+    def _compute(self, out, y, ops):
+        if y.ndim == 1:
+            loss, self._grad = ops.softmax_cross_entropy(out, y)
+            return loss
+        n = out.shape[0]
+        logp = ops.log_softmax(out)
+        t = y.astype(out.dtype, copy=False)
+        self._grad = (ops.xp.exp(logp) - t) / out.dtype.type(n)
+        return -(t * logp).sum() / n
+
+
+class CrossEntropy(_ClassTargets):
+    """Categorical cross-entropy on probabilities (e.g. after ``Softmax``):
+    loss = mean(-log p[y]); probabilities are clipped to [eps, 1]."""
+
+    def __init__(self, eps=1e-12):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, out, y):
+        if bool((out < 0).any()) or bool((out > 1).any()):
+            raise ValueError("CrossEntropy expects probabilities in [0, 1] (e.g. after a Softmax "
+                             "layer); for logits use SoftmaxCrossEntropy")
+        return super().forward(out, y)
+
+    def _compute(self, out, y, ops):
+        xp, n = ops.xp, out.shape[0]
+        p = xp.clip(out, out.dtype.type(self.eps), None)
+        if y.ndim == 1:
+            rows = xp.arange(n)
+            picked = p[rows, y]
+            grad = xp.zeros_like(out)
+            grad[rows, y] = -1 / (picked * n)
+            self._grad = grad
+            return -xp.log(picked).mean()
+        t = y.astype(out.dtype, copy=False)
+        self._grad = -t / (p * n)
+        return -(t * xp.log(p)).sum() / n
+
+    def get_config(self):
+        return {"eps": self.eps}
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy on probabilities (e.g. after ``Sigmoid``), mean over
+    all elements; probabilities are clipped to [eps, 1 - eps]."""
+
+    def __init__(self, eps=1e-7):
+        super().__init__()
+        self.eps = eps
+
+    def prepare_targets(self, y, out_shape, ops, dtype):
+        t = check_targets(y, out_shape, "y")
+        if (t < 0).any() or (t > 1).any():
+            raise ValueError("BinaryCrossEntropy targets must lie in [0, 1]")
+        return ops.asarray(t, dtype=dtype)
+
+    def _compute(self, out, y, ops):
+        xp, dt = ops.xp, out.dtype.type
+        t = y
+        p = xp.clip(out, dt(self.eps), dt(1 - self.eps))
+        self._grad = (p - t) / (p * (1 - p) * dt(out.size))
+        return -(t * xp.log(p) + (1 - t) * xp.log(1 - p)).mean()
+
+    def count_correct(self, out, y, ops):
+        hits = (out > 0.5) == (y > 0.5)
+        return hits.all(axis=1).sum() if out.ndim == 2 else hits.sum()
+
+    def get_config(self):
+        return {"eps": self.eps}
+
+
+class MSE(Loss):
+    """Mean squared error over every element (PyTorch's ``MSELoss``):
+    loss = mean((out - y)^2). Integer labels (N,) with a (N, C>1) output are
+    read as one-hot targets (the classic quadratic cost)."""
+
+    def prepare_targets(self, y, out_shape, ops, dtype):
+        if getattr(y, "ndim", None) == 1 and len(out_shape) == 2 and out_shape[1] > 1:
+            return ops.asarray(check_labels(y, out_shape[0], out_shape[1]))
+        return ops.asarray(check_targets(y, out_shape, "y"), dtype=dtype)
+
+    def tracks_accuracy(self, y):
+        return y.ndim == 1 and y.dtype.kind == "i"   # only for class labels
+
+    def _compute(self, out, y, ops):
+        xp = ops.xp
+        if y.ndim == 1 and out.ndim == 2 and out.shape[1] > 1:
+            t = xp.zeros_like(out)
+            t[xp.arange(out.shape[0]), y] = 1
+        else:
+            t = y.reshape(out.shape)
+        diff = out - t
+        self._grad = diff * out.dtype.type(2.0 / out.size)
+        return (diff * diff).mean()
+
+
+LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy, "cross_entropy": CrossEntropy,
+          "binary_cross_entropy": BinaryCrossEntropy, "mse": MSE}
+
+
+def get_loss(loss):
+    """A loss object from an instance, a class, or a name like ``"mse"``."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, type) and issubclass(loss, Loss):
+        return loss()
+    if isinstance(loss, str) and loss.lower() in LOSSES:
+        return LOSSES[loss.lower()]()
+    raise ValueError(f"unknown loss {loss!r}; expected a Loss or one of {sorted(LOSSES)}")
