@@ -283,6 +283,7 @@ class Sequential:
         tick = max(1, n_batches // 40)
         on_batch_end = [cb.on_batch_end for cb in callbacks if hasattr(cb, "on_batch_end")]
         per_sample = mode == "per_sample"
+        show_bar = progress and sys.stderr.isatty()   # epoch lines only, in logs and pipes
         for b, start in enumerate(range(0, n, bs)):
             idx = order[start:start + bs]
             Xb = ops.take_rows(X, idx, out=self._batch_buffer(X, len(idx)))
@@ -303,7 +304,7 @@ class Sequential:
             correct = correct + hits
             for fn in on_batch_end:
                 fn(self, b)
-            if progress and (b % tick == 0 or b == n_batches - 1):
+            if show_bar and (b % tick == 0 or b == n_batches - 1):
                 _print_bar(epoch, epochs, b + 1, n_batches)
         return total, correct
 

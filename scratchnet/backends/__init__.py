@@ -66,7 +66,10 @@ def get_ops(name) -> Ops:
         raise BackendUnavailableError(_failures[name])
     module_name, class_name = BACKENDS[name]
     try:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise BackendUnavailableError(f"the {name} backend could not be imported: {err}") from err
         ops = getattr(module, class_name)()
         ops.check_available()
     except BackendUnavailableError as err:
@@ -134,5 +137,9 @@ def get_backend() -> Ops:
     if ops is not None:
         return ops
     if _global_name is None:
-        set_backend(os.environ.get(ENV_VAR, "").strip() or "numpy")
+        requested = os.environ.get(ENV_VAR, "").strip() or "numpy"
+        try:
+            set_backend(requested)
+        except (ValueError, BackendUnavailableError) as err:
+            raise type(err)(f"${ENV_VAR}={requested!r}: {err}") from None
     return get_ops(_global_name)

@@ -1,0 +1,281 @@
+"""The ``scratchnet`` command: ``train``, ``compare``, ``info`` and ``bench``.
+
+Errors a user can cause (bad option, unusable backend, missing data, a
+diverging run) print one line and exit with status 2 -- no traceback
+(``SCRATCHNET_DEBUG=1`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy
+
+from . import __version__
+from . import layers as L
+from .backends import BackendUnavailableError, backend_status, get_ops
+from .datasets import DatasetNotFoundError
+
+DATASETS = ("digits", "fashion-mnist", "mnist")
+OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam")
+ACTIVATIONS = {"relu": L.ReLU, "leaky_relu": L.LeakyReLU, "sigmoid": L.Sigmoid, "tanh": L.Tanh}
+
+#: Per-dataset defaults for options left unset: small and quick for the
+#: embedded digits, the classic recipe for the 28x28 sets.
+DEFAULTS = {
+    "digits": {"epochs": 30, "batch_size": 32, "hidden": "128,64", "lr": None},
+    "fashion-mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128", "lr": None},
+    "mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128", "lr": None},
+}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3}
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser():
+    p = _Parser(prog="scratchnet", description="A neural-network library written from scratch.")
+    p.add_argument("--version", action="version", version=f"scratchnet {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{train,compare,info,bench}")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train an MLP and report test accuracy")
+    _add_data_and_model_options(t)
+    t.add_argument("--mode", choices=("minibatch", "per_sample", "full_batch"), default="minibatch")
+    t.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adam")
+    t.add_argument("--lr", type=float, help="learning rate (default: 1e-3 adam, 0.1 sgd, "
+                                            "0.05 momentum/nesterov)")
+    t.add_argument("--momentum", type=float, default=0.9, help="for momentum/nesterov")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    t.add_argument("--schedule", choices=("constant", "cosine", "step"), default="constant",
+                   help="learning-rate schedule over the epochs")
+    t.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
+    t.add_argument("--diagnostics", metavar="DIR",
+                   help="record per-layer statistics; write plots and a summary to DIR")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    c = sub.add_parser("compare", help="train one model with several optimizers, same start")
+    _add_data_and_model_options(c)
+    c.add_argument("--optimizers", default="sgd,momentum,adam",
+                   help=f"comma-separated, from {','.join(OPTIMIZER_NAMES)}")
+    c.add_argument("--lr", type=float, help="one learning rate for all (default: each its own)")
+    c.add_argument("--out", metavar="DIR", help="write comparison.png and comparison.md here")
+
+    sub.add_parser("info", help="version, backends and why any cannot run, compile times")
+    b = sub.add_parser("bench", help="run the benchmark suite (see scratchnet bench --help)",
+                       add_help=False)
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _add_data_and_model_options(p):
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files")
+    p.add_argument("--download", action="store_true", help="download the data if missing")
+    p.add_argument("--backend", default="auto", help="numpy, numba, cupy or auto (default)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--hidden", help="hidden layer sizes, e.g. 256,128")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
+    p.add_argument("--init", choices=("he", "xavier", "normal"), default=None,
+                   help="weight init (default: he for relu-like, xavier otherwise)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer")
+    p.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Dense")
+    p.add_argument("--val-split", type=float, default=0.1,
+                   help="fraction of the training set held out for validation (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+# -- building blocks shared by train and compare ------------------------------
+
+def load_data(args):
+    from . import datasets
+    if args.dataset == "digits":
+        return datasets.load_digits(seed=args.seed)
+    if args.dataset == "fashion-mnist":
+        return datasets.load_fashion_mnist(args.data_dir, download=args.download)
+    return datasets.load_mnist(args.data_dir, download=args.download)
+
+
+def split_validation(X, y, fraction, seed):
+    """Hold out ``fraction`` of (X, y), chosen with ``seed``; returns train, val."""
+    if not 0 <= fraction < 1:
+        raise UsageError(f"--val-split must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return (X, y), None
+    order = numpy.random.default_rng(seed).permutation(len(X))
+    n_val = max(1, int(round(len(X) * fraction)))
+    val, tr = order[:n_val], order[n_val:]
+    return (X[tr], y[tr]), (X[val], y[val])
+
+
+def build_model(args, n_in, n_out, backend):
+    from .model import Sequential
+    try:
+        hidden = [int(h) for h in (args.hidden or DEFAULTS[args.dataset]["hidden"]).split(",") if h]
+    except ValueError:
+        raise UsageError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
+    init = args.init or ("he" if args.activation in ("relu", "leaky_relu") else "xavier")
+    layers, n = [], n_in
+    for h in hidden:
+        layers.append(L.Dense(n, h, init=init))
+        if args.batchnorm:
+            layers.append(L.BatchNorm(h))
+        layers.append(ACTIVATIONS[args.activation]())
+        if args.dropout:
+            layers.append(L.Dropout(args.dropout))
+        n = h
+    layers.append(L.Dense(n, n_out, init="xavier"))
+    return Sequential(layers, seed=args.seed, dtype=args.dtype, backend=backend)
+
+
+def make_optimizer(name, lr=None, momentum=0.9, weight_decay=0.0):
+    from .optimizers import SGD, Adam
+    lr = DEFAULT_LR[name] if lr is None else lr
+    if name == "adam":
+        return Adam(lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return SGD(lr=lr, weight_decay=weight_decay)
+    return SGD(lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=weight_decay)
+
+
+def _resolve(args):
+    d = DEFAULTS[args.dataset]
+    args.epochs = d["epochs"] if args.epochs is None else args.epochs
+    args.batch_size = d["batch_size"] if args.batch_size is None else args.batch_size
+    return get_ops(args.backend)
+
+
+def _prepare(args, out):
+    ops = _resolve(args)
+    (Xtr, ytr), (Xte, yte) = load_data(args)
+    (Xtr, ytr), val = split_validation(Xtr, ytr, args.val_split, args.seed)
+    n_classes = int(max(ytr.max(), yte.max())) + 1
+    out(f"scratchnet {__version__} | backend {ops.name}"
+        f"{' (auto)' if args.backend == 'auto' else ''} | {args.dataset}: {len(Xtr)} train"
+        f"{f' / {len(val[0])} validation' if val else ''} / {len(Xte)} test, "
+        f"{Xtr.shape[1]} features, {n_classes} classes")
+    return ops, (Xtr, ytr), val, (Xte, yte), n_classes
+
+
+# -- commands -------------------------------------------------------------------
+
+def cmd_train(args, out=print):
+    from . import schedules
+    from .losses import SoftmaxCrossEntropy
+    ops, (Xtr, ytr), val, (Xte, yte), n_classes = _prepare(args, out)
+    model = build_model(args, Xtr.shape[1], n_classes, ops)
+    opt = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
+    schedule = None
+    if args.schedule == "cosine":
+        schedule = schedules.cosine(opt.lr, max(args.epochs, 1))
+    elif args.schedule == "step":
+        schedule = schedules.step(opt.lr, 0.1, max(1, args.epochs // 3))
+    if not args.quiet:
+        out(model.summary())
+        out(f"optimizer {opt!r}, schedule {args.schedule}, {args.epochs} epochs, batch size "
+            f"{args.batch_size}, mode {args.mode}")
+    loss = SoftmaxCrossEntropy()
+    t0 = time.perf_counter()
+    hist = model.fit(Xtr, ytr, loss=loss, optimizer=opt, epochs=args.epochs,
+                     batch_size=args.batch_size, mode=args.mode, validation_data=val,
+                     progress=not args.quiet, lr_schedule=schedule,
+                     diagnostics=bool(args.diagnostics))
+    seconds = time.perf_counter() - t0
+    test = model.evaluate(Xte, yte, loss=loss)
+    out(f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
+        f"({args.epochs} epochs in {seconds:.1f} s on {ops.name})")
+    if args.diagnostics:
+        diag = hist.diagnostics
+        out(diag.summary())
+        written = diag.plot(args.diagnostics)
+        out(f"diagnostics written to {args.diagnostics}"
+            + (f": {', '.join(map(str, written))}" if written else ""))
+    if args.save:
+        model.save(args.save)
+        out(f"model saved to {args.save}")
+    return 0
+
+
+def cmd_compare(args, out=print):
+    from .compare import compare_optimizers, plot_comparison
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OPTIMIZER_NAMES]
+    if unknown or not names:
+        raise UsageError(f"--optimizers: unknown {unknown or names}; choose from "
+                         f"{','.join(OPTIMIZER_NAMES)}")
+    ops, (Xtr, ytr), val, _, n_classes = _prepare(args, out)
+    model = build_model(args, Xtr.shape[1], n_classes, ops)
+    results = compare_optimizers(model, Xtr, ytr, optimizers=names, epochs=args.epochs,
+                                 batch_size=args.batch_size, validation_data=val, lr=args.lr,
+                                 seed=args.seed)
+    out(results.table())
+    if args.out:
+        written = plot_comparison(results, args.out)
+        out(f"comparison written to {args.out}: {', '.join(map(str, written))}")
+    return 0
+
+
+def cmd_info(args, out=print):
+    out(f"scratchnet {__version__}")
+    out(f"python {platform.python_version()} on {platform.machine()}, numpy {numpy.__version__}")
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            if lib.get("user_api") == "blas":
+                out(f"BLAS: {lib.get('internal_api')} {lib.get('version')} "
+                    f"({lib.get('num_threads')} threads)")
+    except ImportError:
+        pass
+    out("backends:")
+    for name, why in backend_status().items():
+        if why is None:
+            ops = get_ops(name)
+            warm = getattr(ops, "warmup", None)
+            extra = ""
+            if warm is not None:
+                extra = f"; compiled its kernels (float32) in {warm('float32'):.2f} s"
+            out(f"  {name:6} available: {ops.describe()}{extra}")
+        else:
+            out(f"  {name:6} unavailable: {why}")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "bench":
+            from .bench import main as bench_main
+            return bench_main(args.bench_args)
+        for opt in ("epochs", "batch_size"):
+            value = getattr(args, opt, None)
+            if value is not None and (value < 0 or (opt == "batch_size" and value == 0)):
+                raise UsageError(f"--{opt.replace('_', '-')} must be "
+                                 f"{'positive' if opt == 'batch_size' else '>= 0'}, got {value}")
+        return {"train": cmd_train, "compare": cmd_compare, "info": cmd_info}[args.command](args)
+    except (UsageError, BackendUnavailableError, DatasetNotFoundError, FileNotFoundError,
+            ValueError, TypeError, FloatingPointError, ImportError) as err:
+        if os.environ.get("SCRATCHNET_DEBUG"):
+            raise
+        print(f"scratchnet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scratchnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
