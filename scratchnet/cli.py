@@ -209,12 +209,12 @@ def cmd_train(args, out=print):
 
 
 def cmd_compare(args, out=print):
-    from .compare import compare_optimizers, plot_comparison
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     unknown = [n for n in names if n not in OPTIMIZER_NAMES]
     if unknown or not names:
         raise UsageError(f"--optimizers: unknown {unknown or names}; choose from "
                          f"{','.join(OPTIMIZER_NAMES)}")
+    from .compare import compare_optimizers, plot_comparison
     ops, (Xtr, ytr), val, _, n_classes = _prepare(args, out)
     model = build_model(args, Xtr.shape[1], n_classes, ops)
     results = compare_optimizers(model, Xtr, ytr, optimizers=names, epochs=args.epochs,
