@@ -1,0 +1,495 @@
+"""The CuPy backend: the base class's composed defaults on the GPU, with the hot
+primitives replaced by scratchnet's own CUDA kernels.
+
+The kernels live in ``kernels/scratchnet_kernels.cu`` (shipped in the wheel as
+``scratchnet.kernels``); they are compiled once per device, lazily, the first
+time a fused primitive runs, through ``cupy.RawModule`` and NVRTC. Each fused
+method handles float32 and float64 C-contiguous CuPy arrays and calls
+``super()`` for any other dtype. Wrong arguments raise before anything is
+launched, naming the argument.
+
+Importing this module imports neither CuPy nor CUDA: CuPy is imported when
+``CupyOps()`` is constructed, and CUDA is touched first by
+``check_available()``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from pathlib import Path
+
+import numpy
+
+from . import BackendUnavailableError
+from .base import ACTIVATIONS, Ops
+from .._compat import array_library, is_cupy_array
+
+#: The kernel source file, and the kernels it defines.
+KERNEL_FILE = "scratchnet_kernels.cu"
+#: Kernels templated on the float type T.
+KERNELS_T = ("bias_act", "act_backward", "act_backward_bias", "column_sum",
+             "sgd_momentum", "adam", "dropout")
+#: Kernels templated on the float type T and the label type L.
+KERNELS_TL = ("softmax_xent_rows", "softmax_xent_grad")
+
+#: Activation codes understood by the kernels (SN_ACT_* in the .cu file).
+ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+assert set(ACT_CODES) == set(ACTIVATIONS)
+
+FLOAT_CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
+LABEL_CTYPES = {numpy.dtype(numpy.int32): "int", numpy.dtype(numpy.int64): "long long"}
+
+NOT_INSTALLED = "CuPy is not installed: pip install scratchnet[cuda12] (or [cuda13])"
+
+#: Threads per block for elementwise launches; the grid is capped (grid-stride loops).
+BLOCK = 256
+#: Threads per block for kernels with one thread per row or per (chunk, column):
+#: fewer work items, so smaller blocks spread them over more multiprocessors.
+SMALL_BLOCK = 32
+#: Row/column counts are C ints in the kernels.
+_INT_MAX = 2**31 - 1
+
+
+# ------------------------------------------------------------------ sources
+def kernel_source(name=KERNEL_FILE):
+    """Text of the kernel file ``name``.
+
+    Looked up first in the installed package ``scratchnet.kernels`` (where the
+    wheel puts the top-level ``kernels/`` folder), then in the ``kernels/``
+    folder of a source checkout, beside the ``scratchnet/`` package.
+    """
+    tried = []
+    try:
+        resource = importlib.resources.files("scratchnet.kernels") / name
+        if resource.is_file():
+            return resource.read_text(encoding="utf-8")
+        tried.append(f"package scratchnet.kernels ({resource})")
+    except ModuleNotFoundError:
+        tried.append("package scratchnet.kernels (not installed)")
+    checkout = Path(__file__).resolve().parents[2] / "kernels" / name
+    if checkout.is_file():
+        return checkout.read_text(encoding="utf-8")
+    tried.append(f"source checkout ({checkout})")
+    raise FileNotFoundError(f"CUDA kernel source {name!r} not found; looked in "
+                            + " and in ".join(tried))
+
+
+def name_expressions():
+    """Every kernel instantiation, as NVRTC name expressions (``"adam<float>"``)."""
+    names = [f"{k}<{t}>" for t in FLOAT_CTYPES.values() for k in KERNELS_T]
+    names += [f"{k}<{t}, {lt}>" for t in FLOAT_CTYPES.values()
+              for lt in LABEL_CTYPES.values() for k in KERNELS_TL]
+    return names
+
+
+# ---------------------------------------------------------- argument checks
+# Plain functions on anything with .shape/.dtype/.flags, so that the tests can
+# exercise them with NumPy arrays where CuPy is absent.
+def check_array(name, arr, dtype=None, ndim=None, shape=None):
+    """Raise unless ``arr`` is a C-contiguous array of the given dtype/ndim/shape.
+
+    TypeError for a non-array or a wrong dtype, ValueError for a wrong ndim,
+    shape or layout; the message names the argument.
+    """
+    if not (hasattr(arr, "shape") and hasattr(arr, "dtype") and hasattr(arr, "flags")):
+        raise TypeError(f"{name} must be an array, got {type(arr).__name__}")
+    if dtype is not None and arr.dtype != numpy.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {numpy.dtype(dtype)}, got {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got {arr.ndim}-D with shape "
+                         f"{tuple(arr.shape)}")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; pass xp.ascontiguousarray({name})")
+
+
+def check_like(name, arr, ref_name, ref):
+    """Raise unless ``arr`` has the dtype and shape of ``ref`` (and is contiguous)."""
+    if not (hasattr(arr, "shape") and hasattr(arr, "dtype") and hasattr(arr, "flags")):
+        raise TypeError(f"{name} must be an array like {ref_name}, got {type(arr).__name__}")
+    if arr.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), "
+                        f"got {arr.dtype}")
+    if tuple(arr.shape) != tuple(ref.shape):
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, "
+                         f"got {tuple(arr.shape)}")
+    check_array(name, arr)
+
+
+def check_labels(name, labels, n_rows):
+    """Raise unless ``labels`` is a contiguous (n_rows,) integer array."""
+    if not (hasattr(labels, "dtype") and hasattr(labels, "shape")):
+        raise TypeError(f"{name} must be an integer array, got {type(labels).__name__}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    check_array(name, labels, ndim=1, shape=(n_rows,))
+
+
+def check_counts(name, n_rows, n_cols):
+    if n_rows > _INT_MAX or n_cols > _INT_MAX:
+        raise ValueError(f"{name} has shape ({n_rows}, {n_cols}); the kernels take "
+                         f"at most {_INT_MAX} rows and columns")
+
+
+def check_device(name, arr):
+    """Raise TypeError unless ``arr`` is a CuPy array."""
+    if not is_cupy_array(arr):
+        lib = array_library(arr)
+        if lib is None:
+            raise TypeError(f"{name} must be a cupy array, got {type(arr).__name__}")
+        raise TypeError(f"{name} is a {lib} array but the cupy backend computes on cupy "
+                        f"arrays: move it with ops.asarray({name})")
+
+
+def act_code(activation):
+    try:
+        return ACT_CODES[activation]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {activation!r}; expected one of "
+                         f"{ACTIVATIONS}") from None
+
+
+def chunking(n_rows, n_cols, target_tasks=1 << 16, min_rows=8):
+    """``(rows_per_chunk, n_chunks)`` for the fused activation-backward + bias kernel.
+
+    Enough (chunk, column) tasks to fill the GPU (about ``target_tasks``), but
+    at least ``min_rows`` rows per chunk. One chunk means no second pass.
+    """
+    n_rows, n_cols = max(int(n_rows), 1), max(int(n_cols), 1)
+    n_chunks = max(1, min(-(-n_rows // min_rows), target_tasks // n_cols))
+    rows_per_chunk = -(-n_rows // n_chunks)
+    return rows_per_chunk, -(-n_rows // rows_per_chunk)
+
+
+def launch_grid(n, max_blocks, block=BLOCK):
+    """Blocks for ``n`` grid-stride work items: enough to cover them, at most max_blocks."""
+    return max(1, min(-(-int(n) // block), int(max_blocks)))
+
+
+# ------------------------------------------------------------ availability
+def _import_cupy():
+    """``(cupy, None)``, or ``(None, reason)`` when CuPy cannot be imported."""
+    try:
+        import cupy
+    except ModuleNotFoundError as err:
+        if err.name == "cupy":
+            return None, NOT_INSTALLED
+        return None, f"CuPy is installed but cannot be imported: {err}"
+    except Exception as err:  # CuPy raises ImportError/RuntimeError for bad installs
+        return None, f"CuPy is installed but cannot be imported: {err}"
+    return cupy, None
+
+
+def _cuda_version(v):
+    return f"{v // 1000}.{v % 1000 // 10}" if v else "none"
+
+
+_DRIVER_TOO_OLD = ("InsufficientDriver", "INSUFFICIENT_DRIVER", "UnsupportedPtxVersion",
+                   "UNSUPPORTED_PTX_VERSION", "cudaErrorCallRequiresNewerDriver")
+
+
+def describe_cuda_error(cupy, err):
+    """Turn what CuPy raised while probing the device into the backend's reason."""
+    msg = str(err) or type(err).__name__
+    if any(token in msg for token in _DRIVER_TOO_OLD):
+        try:
+            driver = cupy.cuda.runtime.driverGetVersion()
+        except Exception:
+            driver = 0
+        if not driver:
+            # cudart reports a missing driver (no libcuda) as "insufficient".
+            return f"no CUDA device: no NVIDIA driver was found ({msg})"
+        try:
+            built = _cuda_version(cupy.cuda.runtime.runtimeGetVersion())
+        except Exception:
+            built = "unknown"
+        return (f"CUDA driver too old for this CuPy: {msg} (the driver supports CUDA "
+                f"{_cuda_version(driver)}, CuPy uses CUDA {built})")
+    if "nvrtc" in msg.lower():
+        # A GPU and a driver, but no runtime compiler: cupy-cudaNNx without [ctk].
+        try:
+            major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+        except Exception:
+            major = "NN"
+        return (f"CuPy cannot compile CUDA kernels: {msg} (install NVRTC with "
+                f"pip install \"cupy-cuda{major}x[ctk]\", or install the CUDA toolkit)")
+    return f"no CUDA device: {msg}"
+
+
+# ------------------------------------------------------------------ backend
+class CupyOps(Ops):
+    """CuPy arrays, scratchnet's CUDA kernels for the fused primitives."""
+
+    name = "cupy"
+    xp = None  # the cupy module, set by __init__
+
+    def __init__(self):
+        self.xp, self._unavailable = _import_cupy()
+        self._raw_module = None
+        self._functions = {}  # (device id, name expression) -> RawKernel
+        self._max_blocks = {}  # device id -> grid cap
+
+    # ------------------------------------------------------------ set-up
+    def check_available(self):
+        """Raise BackendUnavailableError naming the cause when CuPy cannot compute here."""
+        if self._unavailable:
+            raise BackendUnavailableError(self._unavailable)
+        cupy = self.xp
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as err:
+            raise BackendUnavailableError(describe_cuda_error(cupy, err)) from err
+        if count < 1:
+            raise BackendUnavailableError("no CUDA device: CuPy found 0 CUDA devices")
+        try:
+            # A tiny kernel, run to completion: catches driver/runtime mismatches
+            # that getDeviceCount() does not.
+            int(cupy.arange(2).sum())
+        except Exception as err:
+            raise BackendUnavailableError(describe_cuda_error(cupy, err)) from err
+
+    def describe(self):
+        cupy = self.xp
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+        return (f"{self.name}: cupy {cupy.__version__} on {name} "
+                f"(compute capability {dev.compute_capability}, CUDA runtime "
+                f"{_cuda_version(cupy.cuda.runtime.runtimeGetVersion())})")
+
+    def compile_kernels(self):
+        """Compile (once) and load every kernel on the current device; returns their names."""
+        names = name_expressions()
+        for expr in names:
+            self._function(expr)
+        return names
+
+    def _function(self, expr):
+        cupy = self.xp
+        key = (cupy.cuda.get_device_id(), expr)
+        fn = self._functions.get(key)
+        if fn is None:
+            if self._raw_module is None:
+                self._raw_module = cupy.RawModule(
+                    code=kernel_source(KERNEL_FILE), options=("-std=c++17",),
+                    name_expressions=name_expressions())
+            fn = self._functions[key] = self._raw_module.get_function(expr)
+        return fn
+
+    def _launch(self, expr, n, args, block=BLOCK):
+        """Launch kernel ``expr`` over ``n`` grid-stride work items."""
+        cupy = self.xp
+        dev = cupy.cuda.get_device_id()
+        cap = self._max_blocks.get(dev)
+        if cap is None:
+            sms = cupy.cuda.runtime.getDeviceProperties(dev)["multiProcessorCount"]
+            cap = self._max_blocks[dev] = 32 * sms
+        self._function(expr)((launch_grid(n, cap, block),), (block,), args)
+
+    @staticmethod
+    def _check_device(name, arr):
+        check_device(name, arr)
+
+    @staticmethod
+    def _fused(arr):
+        """True when the kernels cover ``arr``'s dtype (else: the composed default)."""
+        return getattr(arr, "dtype", None) in FLOAT_CTYPES
+
+    def _out(self, name, out, like):
+        if out is None:
+            return self.xp.empty_like(like)
+        self._check_device(name, out)
+        check_like(name, out, "the input", like)
+        return out
+
+    # ------------------------------------------------------------ arrays
+    def asarray(self, x, dtype=None):
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_host(self, x):
+        return self.xp.asnumpy(x)
+
+    def is_own_array(self, x):
+        return isinstance(x, self.xp.ndarray)
+
+    def synchronize(self):
+        self.xp.cuda.Device().synchronize()
+
+    def make_rng(self, seed=None):
+        """A ``cupy.random.Generator`` (XORWOW), drawing on the device."""
+        return self.xp.random.default_rng(seed)
+
+    def rng_state(self, rng):
+        """A host copy of the generator's state (CuPy keeps it in device memory)."""
+        bits = rng.bit_generator
+        state = getattr(bits, "_state", None)
+        if state is None:
+            raise NotImplementedError(f"cannot read the state of {type(bits).__name__} "
+                                      f"in CuPy {self.xp.__version__}")
+        return {"bit_generator": type(bits).__name__, "state": self.xp.asnumpy(state)}
+
+    def set_rng_state(self, rng, state):
+        bits = rng.bit_generator
+        if getattr(bits, "_state", None) is None or \
+                state.get("bit_generator") != type(bits).__name__:
+            raise ValueError(f"state of a {state.get('bit_generator')} generator cannot "
+                             f"be set on a {type(bits).__name__}")
+        bits._state[...] = self.xp.asarray(state["state"])
+
+    # ------------------------------------------------------------ activation
+    def bias_act(self, Z, b, activation, alpha=0.01, out=None):
+        if not self._fused(Z) or (activation == "identity" and b is None):
+            return super().bias_act(Z, b, activation, alpha, out=out)
+        code = act_code(activation)
+        self._check_device("Z", Z)
+        check_array("Z", Z, ndim=2)
+        n_rows, n_cols = Z.shape
+        check_counts("Z", n_rows, n_cols)
+        if b is not None:
+            self._check_device("b", b)
+            check_array("b", b, dtype=Z.dtype, shape=(n_cols,))
+        out = self._out("out", out, Z)
+        if Z.size:
+            T = Z.dtype.type
+            self._launch(f"bias_act<{FLOAT_CTYPES[Z.dtype]}>", Z.size,
+                         (Z, b, out, numpy.int32(n_rows), numpy.int32(n_cols),
+                          numpy.int32(code), T(alpha)))
+        return out
+
+    def act_backward(self, dY, Y, activation, alpha=0.01, out=None):
+        if not self._fused(dY):
+            return super().act_backward(dY, Y, activation, alpha, out=out)
+        code = act_code(activation)
+        self._check_device("dY", dY)
+        check_array("dY", dY)
+        if code == ACT_CODES["identity"]:
+            if out is None or out is dY:
+                return dY
+            out = self._out("out", out, dY)
+            out[...] = dY
+            return out
+        self._check_device("Y", Y)
+        check_like("Y", Y, "dY", dY)
+        out = self._out("out", out, dY)
+        if dY.size:
+            self._launch(f"act_backward<{FLOAT_CTYPES[dY.dtype]}>", dY.size,
+                         (dY, Y, out, numpy.int64(dY.size), numpy.int32(code),
+                          dY.dtype.type(alpha)))
+        return out
+
+    def act_backward_bias(self, dY, Y, activation, alpha=0.01, out=None):
+        if not self._fused(dY) or getattr(dY, "size", 0) == 0:
+            return super().act_backward_bias(dY, Y, activation, alpha, out=out)
+        code = act_code(activation)
+        self._check_device("dY", dY)
+        check_array("dY", dY, ndim=2)
+        if code == ACT_CODES["identity"]:
+            dZ = self.act_backward(dY, Y, activation, alpha, out=out)
+            return dZ, dZ.sum(axis=0)
+        self._check_device("Y", Y)
+        check_like("Y", Y, "dY", dY)
+        n_rows, n_cols = dY.shape
+        check_counts("dY", n_rows, n_cols)
+        dZ = self._out("out", out, dY)
+        ctype = FLOAT_CTYPES[dY.dtype]
+        rows_per_chunk, n_chunks = chunking(n_rows, n_cols)
+        db = self.xp.empty(n_cols, dtype=dY.dtype)
+        partial = db if n_chunks == 1 else self.xp.empty((n_chunks, n_cols), dtype=dY.dtype)
+        self._launch(f"act_backward_bias<{ctype}>", n_chunks * n_cols,
+                     (dY, Y, dZ, partial, numpy.int32(n_rows), numpy.int32(n_cols),
+                      numpy.int32(rows_per_chunk), numpy.int32(code),
+                      dY.dtype.type(alpha)), block=SMALL_BLOCK)
+        if n_chunks > 1:
+            self._launch(f"column_sum<{ctype}>", n_cols,
+                         (partial, db, numpy.int32(n_chunks), numpy.int32(n_cols)),
+                         block=SMALL_BLOCK)
+        return dZ, db
+
+    # ---------------------------------------------------------------- softmax
+    def softmax_cross_entropy(self, logits, labels):
+        if not self._fused(logits) or getattr(logits, "size", 0) == 0:
+            return super().softmax_cross_entropy(logits, labels)
+        self._check_device("logits", logits)
+        check_array("logits", logits, ndim=2)
+        n_rows, n_cols = logits.shape
+        check_counts("logits", n_rows, n_cols)
+        self._check_device("labels", labels)
+        check_labels("labels", labels, n_rows)
+        if labels.dtype not in LABEL_CTYPES:
+            labels = labels.astype(numpy.int64)
+        xp = self.xp
+        ctypes_ = f"{FLOAT_CTYPES[logits.dtype]}, {LABEL_CTYPES[labels.dtype]}"
+        stats = xp.empty(2 * n_rows, dtype=logits.dtype)
+        losses = xp.empty(n_rows, dtype=logits.dtype)
+        grad = xp.empty_like(logits)
+        rows, cols = numpy.int32(n_rows), numpy.int32(n_cols)
+        self._launch(f"softmax_xent_rows<{ctypes_}>", n_rows,
+                     (logits, labels, stats, losses, rows, cols), block=SMALL_BLOCK)
+        self._launch(f"softmax_xent_grad<{ctypes_}>", logits.size,
+                     (logits, labels, stats, grad, rows, cols))
+        return losses.mean(), grad  # 0-d device array: no host sync
+
+    # ---------------------------------------------------------------- dropout
+    def dropout(self, X, p, rng):
+        if not self._fused(X):
+            return super().dropout(X, p, rng)
+        p = float(p)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout rate p must be in [0, 1), got {p}")
+        self._check_device("X", X)
+        check_array("X", X)
+        xp = self.xp
+        u = xp.asarray(rng.random(X.shape, dtype=numpy.float32))
+        out = xp.empty_like(X)
+        mask = xp.empty_like(X)
+        if X.size:
+            self._launch(f"dropout<{FLOAT_CTYPES[X.dtype]}>", X.size,
+                         (X, u, out, mask, numpy.int64(X.size), numpy.float32(p),
+                          X.dtype.type(1.0 / (1.0 - p))))
+        return out, mask
+
+    # ------------------------------------------------------------- optimizers
+    def _check_state(self, param, **arrays):
+        self._check_device("param", param)
+        check_array("param", param)
+        for name, arr in arrays.items():
+            self._check_device(name, arr)
+            check_like(name, arr, "param", param)
+
+    def sgd_update(self, param, grad, velocity, lr, momentum=0.0, nesterov=False,
+                   weight_decay=0.0):
+        if not self._fused(param):
+            return super().sgd_update(param, grad, velocity, lr, momentum, nesterov,
+                                      weight_decay)
+        if momentum:
+            if velocity is None:
+                raise ValueError(f"velocity is None but momentum={momentum}")
+            self._check_state(param, grad=grad, velocity=velocity)
+        else:
+            velocity = None
+            self._check_state(param, grad=grad)
+        if param.size:
+            T = param.dtype.type
+            self._launch(f"sgd_momentum<{FLOAT_CTYPES[param.dtype]}>", param.size,
+                         (param, grad, velocity, numpy.int64(param.size), T(lr),
+                          T(momentum), numpy.int32(bool(nesterov)), T(weight_decay)))
+
+    def adam_update(self, param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                    weight_decay=0.0):
+        if not self._fused(param):
+            return super().adam_update(param, grad, m, v, step, lr, beta1, beta2, eps,
+                                       weight_decay)
+        if step < 1:
+            raise ValueError(f"step is the 1-based count after this update, got {step}")
+        self._check_state(param, grad=grad, m=m, v=v)
+        if param.size:
+            T = param.dtype.type
+            step_size = lr / (1 - beta1 ** step)
+            bc2_sqrt = math.sqrt(1 - beta2 ** step)
+            self._launch(f"adam<{FLOAT_CTYPES[param.dtype]}>", param.size,
+                         (param, grad, m, v, numpy.int64(param.size), T(step_size),
+                          T(beta1), T(1 - beta1), T(beta2), T(1 - beta2), T(bc2_sqrt),
+                          T(eps), T(weight_decay)))
