@@ -38,6 +38,9 @@ def save_model(model, path):
             numpy.savez(f, __config__=blob, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)    # mkstemp makes 0600; a saved model is a normal file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -55,8 +58,12 @@ def load(path, backend=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model file at {path!r}")
     try:
-        with numpy.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        with open(path, "rb") as f:    # our handle: numpy leaks its own on a bad zip
+            data = numpy.load(f, allow_pickle=False)
+            if not hasattr(data, "files"):     # a .npy file holds one array, no config
+                raise ValueError("it holds a single array, not a model archive")
+            with data:
+                arrays = {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
         raise ValueError(f"{path}: not a readable scratchnet model file (corrupt or "
                          f"truncated?): {err}") from None
@@ -76,12 +83,17 @@ def load(path, backend=None):
     model.load_state_arrays(arrays, source=path)
     if config.get("optimizer"):
         opt = optimizer_from_config(config["optimizer"])
+        shapes = {p: tuple(getattr(layer, name).shape)
+                  for p, layer, name in model.named_parameters()}
         for p, step in config["optimizer"].get("steps", {}).items():
             st = {"step": int(step)}
             for k in opt.state_names:
                 key = f"opt:{p}:{k}"
                 if key not in opt_arrays:
                     raise ValueError(f"{path}: optimizer state {key} is missing")
+                if opt_arrays[key].shape != shapes.get(p):
+                    raise ValueError(f"{path}: optimizer state {key} has shape "
+                                     f"{opt_arrays[key].shape}, the parameter {shapes.get(p)}")
                 st[k] = model.ops.asarray(opt_arrays[key], dtype=model.dtype)
             opt.state[p] = st
         model.optimizer = opt

@@ -246,8 +246,11 @@ class Dropout(Layer):
         self.rng = self.ops.make_rng(self._seed)
 
     def to(self, ops):
+        old_ops, old_rng = self.ops, self.rng
         super().to(ops)
         self.rng = ops.make_rng(self._seed)
+        if type(self.rng) is type(old_rng):   # same generator kind: keep its position
+            ops.set_rng_state(self.rng, old_ops.rng_state(old_rng))
 
     def get_config(self):
         return {"p": self.p}
@@ -438,6 +441,8 @@ def layer_from_config(spec):
     if cls is None:
         raise ValueError(f"unknown layer class {spec.get('class')!r} in saved config")
     config = dict(spec.get("config", {}))
+    if cls is Dense and config.get("init") == "custom":
+        config["init"] = "zeros"   # a callable init is not saved; the saved weights replace it
     if cls is Residual:
         config["layers"] = [layer_from_config(s) for s in config["layers"]]
     return cls(**config)

@@ -72,7 +72,10 @@ class Loss:
 def _ops_of(out):
     from .backends import get_backend, get_ops
     from ._compat import is_cupy_array
-    return get_ops("cupy") if is_cupy_array(out) else get_backend()
+    if is_cupy_array(out):
+        return get_ops("cupy")
+    ops = get_backend()     # a host array with a GPU default backend: compute on the host
+    return ops if ops.is_own_array(out) else get_ops("numpy")
 
 
 class _ClassTargets(Loss):
@@ -106,7 +109,8 @@ class SoftmaxCrossEntropy(_ClassTargets):
         n = out.shape[0]
         logp = ops.log_softmax(out)
         t = y.astype(out.dtype, copy=False)
-        self._grad = (ops.xp.exp(logp) - t) / out.dtype.type(n)
+        # softmax * sum(t) - t: rows of t need not sum to 1 (PyTorch accepts any weights)
+        self._grad = (ops.xp.exp(logp) * t.sum(axis=1, keepdims=True) - t) / out.dtype.type(n)
         return -(t * logp).sum() / n
 
 
@@ -177,7 +181,10 @@ class MSE(Loss):
     read as one-hot targets (the classic quadratic cost)."""
 
     def prepare_targets(self, y, out_shape, ops, dtype):
-        if getattr(y, "ndim", None) == 1 and len(out_shape) == 2 and out_shape[1] > 1:
+        ndim = getattr(y, "ndim", None)
+        if ndim is None and isinstance(y, (list, tuple)):     # a list of labels, too
+            ndim = 2 if _is_nested(y) else 1
+        if ndim == 1 and len(out_shape) == 2 and out_shape[1] > 1:
             return ops.asarray(check_labels(y, out_shape[0], out_shape[1]))
         return ops.asarray(check_targets(y, out_shape, "y"), dtype=dtype)
 
