@@ -23,6 +23,7 @@ def save_model(model, path):
     config = {"format": FORMAT, "version": VERSION, **model.get_config(),
               "backend": model.ops.name, "optimizer": None}
     arrays = model.state_arrays()
+    config["rng"] = _rng_states(model)
     opt = model.optimizer
     if opt is not None:
         config["optimizer"] = {"class": type(opt).__name__, "config": opt.get_config(),
@@ -81,6 +82,7 @@ def load(path, backend=None):
         raise ValueError(f"{path}: not a valid scratchnet model file: {err}") from None
     opt_arrays = {k: arrays.pop(k) for k in list(arrays) if k.startswith("opt:")}
     model.load_state_arrays(arrays, source=path)
+    _restore_rng_states(model, config.get("rng") or {})
     if config.get("optimizer"):
         opt = optimizer_from_config(config["optimizer"])
         shapes = {p: tuple(getattr(layer, name).shape)
@@ -98,3 +100,34 @@ def load(path, backend=None):
             opt.state[p] = st
         model.optimizer = opt
     return model
+
+
+def _rng_states(model):
+    """Positions of the shuffling and dropout generators, so that training
+    resumed from a file continues the same random streams. A backend whose
+    generator state is not plain data (JSON) leaves its dropout streams out."""
+    from .gradcheck import _walk
+    from .layers import Dropout
+    states = {"data": model._data_rng.bit_generator.state, "dropout": {}, "backend": model.ops.name}
+    for i, layer in enumerate(_walk(model.layers)):
+        if isinstance(layer, Dropout):
+            try:
+                state = model.ops.rng_state(layer.rng)
+                json.dumps(state)
+            except (TypeError, ValueError, NotImplementedError):
+                continue
+            states["dropout"][str(i)] = state
+    return states
+
+
+def _restore_rng_states(model, states):
+    from .gradcheck import _walk
+    from .layers import Dropout
+    if "data" in states:
+        model._data_rng.bit_generator.state = states["data"]
+    if states.get("backend") != model.ops.name:
+        return     # another backend's dropout generator: start from the seed
+    for i, layer in enumerate(_walk(model.layers)):
+        state = states.get("dropout", {}).get(str(i))
+        if isinstance(layer, Dropout) and state is not None:
+            model.ops.set_rng_state(layer.rng, state)

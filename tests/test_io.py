@@ -25,8 +25,7 @@ def toy(n=40, seed=0):
 
 
 def make(backend="numpy", dtype="float32", seed=0, dropout=0.25):
-    """Every kind of layer. Training after a load repeats training without one only
-    without dropout: random streams (dropout masks, shuffling) are not saved."""
+    """Every kind of layer (dropout too, unless ``dropout=0``)."""
     return sn.Sequential([
         sn.Dense(5, 8, init="he"), sn.ReLU(), sn.BatchNorm(8),
         sn.Residual([sn.Dense(8, 8, bias=False), sn.LeakyReLU(0.2),
@@ -64,6 +63,24 @@ def edit_config(arrays, fn):
 
 
 # --- round trips --------------------------------------------------------------
+
+def test_resumed_training_continues_the_random_streams(backend, tmp_path):
+    """Shuffling order and dropout masks are saved: train 2 epochs, save, load,
+    train 2 more == train 4 epochs straight."""
+    X, y = toy()
+    def fit(model, opt, epochs):
+        return model.fit(X, y, loss=sn.SoftmaxCrossEntropy(), optimizer=opt, epochs=epochs,
+                         batch_size=8, shuffle=True)
+    straight = make(backend, "float64", dropout=0.25)
+    fit(straight, sn.Adam(0.01), 4)
+    resumed = make(backend, "float64", dropout=0.25)
+    fit(resumed, sn.Adam(0.01), 2)
+    resumed.save(tmp_path / "m.npz")
+    loaded = sn.load(tmp_path / "m.npz", backend=backend)
+    fit(loaded, loaded.optimizer, 2)
+    for k, v in straight.state_arrays().items():
+        np.testing.assert_allclose(loaded.state_arrays()[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("opt", [lambda: sn.Adam(0.01, weight_decay=0.01),
