@@ -381,7 +381,8 @@ class Sequential:
             if value.shape != tuple(current.shape):
                 raise ValueError(f"{source}: {key} has shape {value.shape}, the model expects "
                                  f"{tuple(current.shape)}")
-            setattr(layer, name, self.ops.asarray(value, dtype=self.dtype))
+            # a copy: the source may be another model's live arrays (copy())
+            setattr(layer, name, self.ops.asarray(numpy.array(value, dtype=self.dtype)))
 
     def copy(self, dtype=None, backend=None):
         """An independent copy, optionally in another dtype or on another backend."""

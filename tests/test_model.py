@@ -434,3 +434,14 @@ def test_epochs_zero_is_a_no_op(backend):
     h2 = fresh.fit(X, y, loss=sn.SoftmaxCrossEntropy(), optimizer=sn.Adam(0.01), epochs=2)
     assert h1.history["loss"] == h2.history["loss"]
     assert_same_params(model, fresh)
+
+
+def test_copy_does_not_share_weights_with_the_original(backend):
+    X = np.random.default_rng(0).random((16, 4))
+    y = np.arange(16) % 2
+    m = sn.Sequential([sn.Dense(4, 3), sn.ReLU(), sn.Dense(3, 2)], seed=0, backend=backend)
+    c = m.copy()
+    before = [np.array(host(p)) for p in m.parameters()]
+    c.fit(X, y, loss="softmax_cross_entropy", optimizer=sn.SGD(0.5), epochs=3, batch_size=4)
+    for b, p in zip(before, m.parameters()):
+        np.testing.assert_array_equal(b, host(p))
