@@ -222,8 +222,12 @@ def cmd_compare(args, out=print):
                                  seed=args.seed)
     out(results.table())
     if args.out:
-        written = plot_comparison(results, args.out)
-        out(f"comparison written to {args.out}: {', '.join(map(str, written))}")
+        os.makedirs(args.out, exist_ok=True)
+        table = os.path.join(args.out, "comparison.md")
+        with open(table, "w") as f:
+            f.write(results.table() + "\n")
+        plot = plot_comparison(results, os.path.join(args.out, "comparison.png"))
+        out(f"comparison written to {table} and {plot}")
     return 0
 
 

@@ -94,3 +94,23 @@ def test_console_script_module_runs_as_a_program():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "invalid int value" in proc.stderr
+
+
+def test_compare_writes_table_and_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    code, out, err = run(capsys, "compare", "--backend", "numpy", "--epochs", "2",
+                         "--optimizers", "sgd,adam", "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| sgd" in table and "| adam" in table
+    assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_diagnostics_names_vanishing_gradients(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    code, out, err = run(capsys, "train", "--backend", "numpy", "--epochs", "2", "--quiet",
+                         "--activation", "sigmoid", "--init", "normal", "--optimizer", "sgd",
+                         "--hidden", ",".join(["64"] * 9), "--diagnostics", str(tmp_path / "d"))
+    assert code == 0, err
+    assert "vanishing gradients" in out
+    assert (tmp_path / "d" / "gradient_norms.png").exists()
