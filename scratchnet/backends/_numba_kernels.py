@@ -1,0 +1,417 @@
+"""The @njit kernels behind ``NumbaOps`` (imported only when that backend is used).
+
+Every kernel takes C-contiguous float32 or float64 arrays (plus Python
+scalars) and is compiled lazily, once per dtype, on its first call;
+``NumbaOps`` does the checking, allocating and falling back, so the kernels
+stay plain loops.
+
+Two things shape the code:
+
+* llvmlite here has no SVML, so ``math.exp``/``math.tanh`` in a loop become
+  scalar libm calls (on 4096x1000 float32 a scalar ``exp`` loop took 7.9 ms
+  against NumPy's 1.5 ms, ``tanh`` 58 ms against 0.8 ms). ``exp_nonpos`` below
+  is plain arithmetic and a bit cast, which LLVM vectorises (0.9 ms, within
+  1 ulp); sigmoid and softmax need exp only of non-positive numbers. NumPy's
+  own float32 tanh stays faster than one built on it (1.1 against 2.8 ms), so
+  ``NumbaOps`` leaves tanh to NumPy (see ``NumbaOps.bias_act``).
+* loops over short rows (10 classes) vectorise badly, so the row-wise kernels
+  work on blocks of whole rows: a C-contiguous block of rows is one flat 1-D
+  loop, and it stays in L1 cache between the passes over it.
+
+Threading: all kernels are serial (no ``parallel=True``). On the 2-core
+machine OpenBLAS keeps its threads spinning after each matrix product, and a
+numba thread pool fights them; see ``numba_ops.py`` for the measurements.
+
+``fastmath`` is used in one place only: ``_row_sums`` (``reassoc``) so that
+the softmax row sums vectorise; tests compare it with NumPy at 1e-12 (float64).
+
+``SCRATCHNET_NUMBA_CACHE=0`` turns off numba's on-disk cache (on by default).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+CACHE = os.environ.get("SCRATCHNET_NUMBA_CACHE", "1").strip() != "0"
+
+#: The kernels ``NumbaOps`` calls (``warmup`` compiles each of them).
+KERNELS = ("take_rows", "bias_act", "act_backward", "column_sum", "softmax_cross_entropy",
+           "count_correct", "sgd_update", "adam_update", "dropout")
+
+#: Activation codes: the index in ``base.ACTIVATIONS``.
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH = range(5)
+
+#: Elements per block of rows (16 KiB of float32): the passes over a block
+#: hit L1 cache, and a block of 10-class rows is still a long flat loop.
+BLOCK = 4096
+
+# error_model="numpy": float division by zero gives inf/nan instead of raising,
+# which would put a branch in every loop and stop LLVM vectorising it.
+jit = njit(nogil=True, cache=CACHE, error_model="numpy")
+
+
+# --------------------------------------------------------------------- exp
+@intrinsic
+def _bits_to_float(typingctx, bits):
+    """Reinterpret int32 bits as float32 and int64 bits as float64."""
+    ftype = {types.int32: types.float32, types.int64: types.float64}.get(bits)
+    if ftype is None:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(ftype))
+
+    return ftype(bits), codegen
+
+
+# exp(x) = 2**-k * exp(r), r = x + k*ln2 in [-ln2/2, ln2/2]; expm1(r) by its
+# Taylor series (degree 7 for float32, 13 for float64: measured within 2 ulp
+# over the whole range). ln2 is split in two (Cody-Waite) so that k*LN2_HI is
+# exact. Below X_MIN the result would be subnormal: it is 0.
+_F32_X_MIN = np.float32(-87.0)
+_F32_LN2_HI = np.float32(0.693359375)
+_F32_LN2_LO = np.float32(-2.12194440e-4)
+_F32_INV_LN2 = np.float32(1.4426950408889634)
+_F32_HALF = np.float32(0.5)
+_F32_ZERO = np.float32(0.0)
+_F32_TAYLOR = [np.float32(1.0 / math.factorial(n)) for n in range(2, 8)]
+_F32_C2, _F32_C3, _F32_C4, _F32_C5, _F32_C6, _F32_C7 = _F32_TAYLOR
+
+_F64_X_MIN = -708.0
+_F64_LN2_HI = 6.93147180369123816490e-01
+_F64_LN2_LO = 1.90821492927058770002e-10
+_F64_INV_LN2 = 1.4426950408889634
+
+
+@jit
+def _exp_parts_f32(x):
+    """(s, p) with exp(x) = s + s*p, for float32 x <= 0; (0, 0) below X_MIN."""
+    xc = x if x >= _F32_X_MIN else _F32_X_MIN  # also maps NaN: keeps k finite
+    k = np.int32(xc * -_F32_INV_LN2 + _F32_HALF)  # round(-x/ln2); trunc is round for >= 0
+    kf = np.float32(k)
+    r = x + kf * _F32_LN2_HI + kf * _F32_LN2_LO  # from x, so that NaN propagates
+    p = r * _F32_C7  # r/7!, then Horner down to r/1!
+    p = r * (p + _F32_C6)
+    p = r * (p + _F32_C5)
+    p = r * (p + _F32_C4)
+    p = r * (p + _F32_C3)
+    p = r * (p + _F32_C2)
+    p = r * (p + np.float32(1.0))  # expm1(r)
+    s = _bits_to_float(np.int32(np.int32(127 - k) << 23))  # 2**-k
+    small = x < _F32_X_MIN
+    return (_F32_ZERO if small else s), (_F32_ZERO if small else p)
+
+
+@jit
+def _exp_parts_f64(x):
+    """(s, p) with exp(x) = s + s*p, for float64 x <= 0; (0, 0) below X_MIN."""
+    xc = x if x >= _F64_X_MIN else _F64_X_MIN
+    k = np.int64(xc * -_F64_INV_LN2 + 0.5)
+    kf = np.float64(k)
+    r = x + kf * _F64_LN2_HI + kf * _F64_LN2_LO
+    p = r * (1.0 / 6227020800.0)  # r/13!, then Horner down to r/1!
+    p = r * (p + 1.0 / 479001600.0)
+    p = r * (p + 1.0 / 39916800.0)
+    p = r * (p + 1.0 / 3628800.0)
+    p = r * (p + 1.0 / 362880.0)
+    p = r * (p + 1.0 / 40320.0)
+    p = r * (p + 1.0 / 5040.0)
+    p = r * (p + 1.0 / 720.0)
+    p = r * (p + 1.0 / 120.0)
+    p = r * (p + 1.0 / 24.0)
+    p = r * (p + 1.0 / 6.0)
+    p = r * (p + 0.5)
+    p = r * (p + 1.0)
+    s = _bits_to_float(np.int64(1023 - k) << 52)
+    small = x < _F64_X_MIN
+    return (0.0 if small else s), (0.0 if small else p)
+
+
+def _exp_parts(x):
+    """Pure-Python stand-in; inside kernels the overload below picks the dtype."""
+    raise NotImplementedError("only callable from numba kernels")
+
+
+@overload(_exp_parts)
+def _exp_parts_overload(x):
+    parts = {types.float32: _exp_parts_f32, types.float64: _exp_parts_f64}.get(x)
+    if parts is not None:
+        return lambda x: parts(x)
+    return None
+
+
+@jit
+def exp_nonpos(x):
+    """exp(x) for x <= 0, in the dtype of x; vectorisable."""
+    s, p = _exp_parts(x)
+    return s + s * p
+
+
+@jit
+def sigmoid(z):
+    """1 / (1 + exp(-z)) from exp(-|z|) only: stable for large |z|."""
+    one = type(z)(1)  # typed constants: a bare 1 would promote float32 to float64
+    e = exp_nonpos(-abs(z))
+    return (one if z >= 0 else e) / (one + e)
+
+
+# -------------------------------------------------------------- activation
+@jit
+def _activate(a, code, alpha):
+    """Apply activation ``code`` (relu, leaky_relu or sigmoid) in place to 1-D ``a``."""
+    zero = a.dtype.type(0)
+    alpha = a.dtype.type(alpha)
+    if code == RELU:
+        for k in range(a.shape[0]):
+            a[k] = a[k] if a[k] > zero else zero
+    elif code == LEAKY_RELU:
+        for k in range(a.shape[0]):
+            a[k] = a[k] if a[k] > zero else a[k] * alpha
+    elif code == SIGMOID:
+        for k in range(a.shape[0]):
+            a[k] = sigmoid(a[k])
+
+
+@jit
+def bias_act(Z, b, code, alpha, out):
+    """out = f(Z + b). Z, out: (N, M), may be the same array; b: (M,) or (0,) for none.
+
+    code: RELU, LEAKY_RELU or SIGMOID (any other code leaves Z + b); alpha:
+    the LeakyReLU slope (a float, used in Z's dtype).
+    """
+    n, m = Z.shape
+    rows = max(1, BLOCK // max(m, 1))
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        if b.shape[0]:
+            for i in range(i0, i1):
+                for j in range(m):
+                    out[i, j] = Z[i, j] + b[j]
+        else:
+            for i in range(i0, i1):
+                for j in range(m):
+                    out[i, j] = Z[i, j]
+        _activate(out[i0:i1].reshape(-1), code, alpha)
+
+
+@jit
+def _derivative(dy, y, code, alpha, dz):
+    """dz = dy * f'(y) on 1-D arrays, f' written from the forward output y."""
+    zero = y.dtype.type(0)
+    one = y.dtype.type(1)
+    alpha = y.dtype.type(alpha)
+    if code == RELU:
+        for k in range(dz.shape[0]):
+            dz[k] = dy[k] if y[k] > zero else zero
+    elif code == LEAKY_RELU:
+        for k in range(dz.shape[0]):
+            dz[k] = dy[k] * (one if y[k] > zero else alpha)
+    elif code == SIGMOID:
+        for k in range(dz.shape[0]):
+            dz[k] = dy[k] * (y[k] * (one - y[k]))
+    elif code == TANH:
+        for k in range(dz.shape[0]):
+            dz[k] = dy[k] * (one - y[k] * y[k])
+
+
+@jit
+def act_backward(dY, Y, code, alpha, out, db):
+    """out = dY * f'(Y) and, when db has M entries, db = out summed over rows.
+
+    dY, Y, out: (N, M) (out may be dY or Y); db: (M,) or (0,) for no bias
+    gradient; code is not IDENTITY (see ``column_sum``).
+    """
+    n, m = dY.shape
+    rows = max(1, BLOCK // max(m, 1))
+    with_db = db.shape[0] > 0
+    if with_db:
+        db[:] = 0
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        _derivative(dY[i0:i1].reshape(-1), Y[i0:i1].reshape(-1), code, alpha,
+                    out[i0:i1].reshape(-1))
+        if with_db:
+            _add_rows(out, i0, i1, db)
+
+
+@jit
+def _add_rows(X, i0, i1, acc):
+    """acc += X[i0:i1].sum(axis=0), row after row as NumPy does (same rounding)."""
+    for i in range(i0, i1):
+        for j in range(X.shape[1]):
+            acc[j] += X[i, j]
+
+
+@jit
+def column_sum(X, out):
+    """out = X.sum(axis=0). X: (N, M); out: (M,)."""
+    out[:] = 0
+    _add_rows(X, 0, X.shape[0], out)
+
+
+# ----------------------------------------------------------------- softmax
+@jit
+def _shift_rows(logits, labels, i0, i1, shifted):
+    """shifted[i] = logits[i] - max(logits[i]) for rows i0:i1.
+
+    Returns the sum over those rows of -shifted[i, labels[i]], the label term
+    of the loss. Raises on a label outside [0, C): the kernels don't bounds-check.
+    """
+    c = logits.shape[1]
+    total = 0.0
+    for i in range(i0, i1):
+        top = logits[i, 0]
+        for j in range(1, c):
+            v = logits[i, j]
+            top = v if v > top else top  # NaN-blind, but a NaN still reaches the loss
+        for j in range(c):
+            shifted[i, j] = logits[i, j] - top
+        label = labels[i]
+        if label < 0 or label >= c:
+            raise IndexError("softmax_cross_entropy: label out of range [0, C)")
+        total -= shifted[i, label]
+    return total
+
+
+@njit(nogil=True, cache=CACHE, error_model="numpy", fastmath={"reassoc"})
+def _row_sums(X, i0, i1, sums):
+    """sums[i - i0] = X[i].sum() in float64; reassoc lets LLVM vectorise the sum."""
+    for i in range(i0, i1):
+        s = 0.0
+        for j in range(X.shape[1]):
+            s += X[i, j]
+        sums[i - i0] = s
+
+
+@jit
+def softmax_cross_entropy(logits, labels, grad):
+    """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+    logits, grad: (N, C) float; labels: (N,) intp in [0, C). Writes
+    grad = (softmax(logits) - onehot(labels)) / N and returns the mean loss as
+    a float64. One pass over the logits: each block of rows is shifted by its
+    row max, exponentiated flat (vectorised), then normalised while in cache.
+    """
+    n, c = logits.shape
+    rows = max(1, BLOCK // c)
+    inv_n = 1.0 / n
+    sums = np.empty(rows, np.float64)
+    loss = 0.0
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        loss += _shift_rows(logits, labels, i0, i1, grad)
+        block = grad[i0:i1].reshape(-1)
+        for k in range(block.shape[0]):
+            block[k] = exp_nonpos(block[k])
+        _row_sums(grad, i0, i1, sums)
+        for i in range(i0, i1):
+            s = sums[i - i0]
+            loss += math.log(s)
+            scale = grad.dtype.type(inv_n / s)
+            for j in range(c):
+                grad[i, j] *= scale
+            grad[i, labels[i]] -= grad.dtype.type(inv_n)
+    return loss * inv_n
+
+
+@jit
+def count_correct(scores, labels):
+    """Rows of scores (N, C) whose argmax equals labels (N,) intp.
+
+    The first maximum wins and a NaN counts as the maximum, as in numpy.argmax.
+    """
+    n, c = scores.shape
+    hits = 0
+    for i in range(n):
+        best = 0
+        top = scores[i, 0]
+        for j in range(1, c):
+            v = scores[i, j]
+            if v > top or (v != v and top == top):
+                best = j
+                top = v
+        hits += best == labels[i]
+    return hits
+
+
+@jit
+def take_rows(X, idx, out):
+    """out[r] = X[idx[r]]. X: (N, F); idx: (B,) intp, negative counts from the end; out: (B, F)."""
+    n = X.shape[0]
+    for r in range(idx.shape[0]):
+        i = idx[r]
+        if i < 0:
+            i += n
+        if i < 0 or i >= n:
+            raise IndexError("take_rows: row index out of range")
+        for j in range(X.shape[1]):
+            out[r, j] = X[i, j]
+
+
+# -------------------------------------------------------------- optimizers
+@jit
+def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
+    """One SGD step in place on flat (P,) arrays (the base class's operations, in order).
+
+    Scalars arrive as floats and are used in param's dtype, as NumPy would
+    (a Python float times a float32 array is float32). velocity is only
+    touched when momentum != 0 (pass any (P,) array otherwise).
+    """
+    t = param.dtype.type
+    lr, momentum, weight_decay = t(lr), t(momentum), t(weight_decay)
+    for k in range(param.shape[0]):
+        g = grad[k]
+        if weight_decay != 0:
+            g = g + weight_decay * param[k]
+        if momentum != 0:
+            v = momentum * velocity[k] + g
+            velocity[k] = v
+            g = g + momentum * v if nesterov else v
+        param[k] -= lr * g
+
+
+@jit
+def adam_update(param, grad, m, v, step_size, beta1, beta2, one_minus_beta1,
+                one_minus_beta2, sqrt_bias2, eps, weight_decay):
+    """One bias-corrected Adam step in place on flat (P,) arrays.
+
+    step_size = lr / (1 - beta1**t) and sqrt_bias2 = sqrt(1 - beta2**t); all
+    scalars are used in param's dtype and the operations are the base class's,
+    in order.
+    """
+    t = param.dtype.type
+    step_size, beta1, beta2 = t(step_size), t(beta1), t(beta2)
+    one_minus_beta1, one_minus_beta2 = t(one_minus_beta1), t(one_minus_beta2)
+    sqrt_bias2, eps, weight_decay = t(sqrt_bias2), t(eps), t(weight_decay)
+    for k in range(param.shape[0]):
+        g = grad[k]
+        if weight_decay != 0:
+            g = g + weight_decay * param[k]
+        mk = beta1 * m[k] + one_minus_beta1 * g
+        vk = beta2 * v[k] + one_minus_beta2 * (g * g)
+        m[k] = mk
+        v[k] = vk
+        param[k] -= step_size * (mk / (np.sqrt(vk) / sqrt_bias2 + eps))
+
+
+# ----------------------------------------------------------------- dropout
+@jit
+def dropout(X, uniform, p, scale, Y, mask):
+    """mask = (uniform >= p) * scale; Y = X * mask. Flat (P,) arrays.
+
+    uniform is float32, as the base class draws it, and p is compared in
+    float32 as NumPy compares a Python float with a float32 array; scale is
+    used in X's dtype. mask may be the uniform array itself.
+    """
+    zero = X.dtype.type(0)
+    p = uniform.dtype.type(p)
+    scale = X.dtype.type(scale)
+    for k in range(X.shape[0]):
+        keep = scale if uniform[k] >= p else zero
+        mask[k] = keep
+        Y[k] = X[k] * keep
