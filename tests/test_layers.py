@@ -363,3 +363,22 @@ def test_residual_with_activation(backend):
 def test_residual_must_keep_feature_count(backend):
     with pytest.raises(ValueError, match="keep the feature count"):
         sn.Sequential([sn.Residual([sn.Dense(4, 3)])], backend=backend)
+
+
+@pytest.mark.parametrize("kind", ["identity", "relu", "leaky_relu", "sigmoid", "tanh"])
+def test_base_primitives_write_into_out(kind):
+    """The composed defaults honour ``out=`` for every activation."""
+    from scratchnet.backends.numpy_ops import NumpyOps
+    ops = NumpyOps()
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(5, 4)).astype(np.float32)
+    b = rng.normal(size=4).astype(np.float32)
+    out = np.empty_like(Z)
+    Y = ops.bias_act(Z.copy(), b, kind, 0.1, out=out)
+    assert Y is out
+    np.testing.assert_allclose(out, ops.bias_act(Z.copy(), b, kind, 0.1), rtol=1e-6)
+    dY = rng.normal(size=Z.shape).astype(np.float32)
+    dout = np.empty_like(Z)
+    dZ = ops.act_backward(dY, Y, kind, 0.1, out=dout)
+    assert dZ is dout
+    np.testing.assert_allclose(dout, ops.act_backward(dY, Y, kind, 0.1), rtol=1e-6)

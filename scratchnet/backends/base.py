@@ -22,6 +22,14 @@ import numpy
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
 
 
+def _into(result, out):
+    """``result``, copied into ``out`` when one is given (and is another array)."""
+    if out is None or out is result:
+        return result
+    out[...] = result
+    return out
+
+
 class Ops:
     """Base backend: composed defaults for every primitive, written in ``self.xp``."""
 
@@ -82,18 +90,15 @@ class Ops:
             Z = xp.add(Z, b, out=out)
             out = Z
         if activation == "identity":
-            if out is not None and out is not Z:
-                out[...] = Z
-                return out
-            return Z
+            return _into(Z, out)
         if activation == "relu":
             return xp.maximum(Z, 0, out=out)
         if activation == "leaky_relu":
-            return xp.where(Z > 0, Z, Z * Z.dtype.type(alpha))
+            return _into(xp.where(Z > 0, Z, Z * Z.dtype.type(alpha)), out)
         if activation == "sigmoid":
             # exp of a non-positive number only: stable for large |Z|.
             e = xp.exp(-xp.abs(Z))
-            return xp.where(Z >= 0, 1 / (1 + e), e / (1 + e)).astype(Z.dtype, copy=False)
+            return _into(xp.where(Z >= 0, 1 / (1 + e), e / (1 + e)).astype(Z.dtype, copy=False), out)
         if activation == "tanh":
             return xp.tanh(Z, out=out)
         raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
@@ -102,15 +107,16 @@ class Ops:
         """``dZ = dY * f'(Z)``, written in terms of the forward *output* ``Y``.
 
         Valid for ReLU, LeakyReLU (alpha >= 0), sigmoid and tanh, so the
-        forward pass need not keep its input.
+        forward pass need not keep its input. Identity returns ``dY`` itself
+        when no ``out`` is given (nothing to compute, nothing to copy).
         """
         xp = self.xp
         if activation == "identity":
-            return dY
+            return dY if out is None else _into(dY, out)
         if activation == "relu":
             return xp.multiply(dY, Y > 0, out=out)
         if activation == "leaky_relu":
-            return dY * xp.where(Y > 0, Y.dtype.type(1), Y.dtype.type(alpha))
+            return xp.multiply(dY, xp.where(Y > 0, Y.dtype.type(1), Y.dtype.type(alpha)), out=out)
         if activation == "sigmoid":
             return xp.multiply(dY, Y * (1 - Y), out=out)
         if activation == "tanh":
@@ -123,6 +129,8 @@ class Ops:
         dZ = dY * f'(Y) (N, M) and db = dZ summed over rows (M,). Fused
         backends do both in one pass over dY.
         """
+        if activation == "identity":     # dZ is dY: no pass, no copy
+            return dY, dY.sum(axis=0)
         dZ = self.act_backward(dY, Y, activation, alpha, out=out)
         return dZ, dZ.sum(axis=0)
 
