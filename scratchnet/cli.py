@@ -260,10 +260,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        if args.command == "bench":
+        if argv[:1] == ["bench"]:     # its own parser takes every option after the word
             from .bench import main as bench_main
-            return bench_main(args.bench_args)
+            return bench_main(argv[1:])
+        args = parser.parse_args(argv)
         for opt in ("epochs", "batch_size"):
             value = getattr(args, opt, None)
             if value is not None and (value < 0 or (opt == "batch_size" and value == 0)):

@@ -114,3 +114,11 @@ def test_train_diagnostics_names_vanishing_gradients(capsys, tmp_path):
     assert code == 0, err
     assert "vanishing gradients" in out
     assert (tmp_path / "d" / "gradient_norms.png").exists()
+
+
+def test_bench_receives_its_options(monkeypatch):
+    import scratchnet.bench as bench
+    seen = {}
+    monkeypatch.setattr(bench, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert main(["bench", "--quick", "--report", "out"]) == 0
+    assert seen["argv"] == ["--quick", "--report", "out"]
