@@ -49,7 +49,7 @@ def gradcheck(model, loss, X, y, eps=1e-6, tol=1e-5, floor=1e-3, max_entries=64,
     ops = m.ops
     X = m._input(X)
     y = loss.prepare_targets(y, (X.shape[0], m.n_out), ops, m.dtype)
-    drops = [layer for layer in _walk(m.layers) if isinstance(layer, L.Dropout)]
+    drops = [layer for layer in L.walk(m.layers) if isinstance(layer, L.Dropout)]
 
     def value():
         return float(loss._compute(L.run_forward(m._plan, X, training), y, ops))
@@ -91,8 +91,3 @@ def _check_array(arr, analytic, value, eps, floor, max_entries, rng):
         worst = max(worst, abs(a - numeric) / max(abs(a), abs(numeric), floor))
     return worst
 
-
-def _walk(layers):
-    for layer in layers:
-        yield layer
-        yield from _walk(layer.children())

@@ -14,6 +14,8 @@ import zipfile
 
 import numpy
 
+from .layers import Dropout, walk
+
 FORMAT = "scratchnet-model"
 VERSION = 1
 
@@ -106,10 +108,8 @@ def _rng_states(model):
     """Positions of the shuffling and dropout generators, so that training
     resumed from a file continues the same random streams. A backend whose
     generator state is not plain data (JSON) leaves its dropout streams out."""
-    from .gradcheck import _walk
-    from .layers import Dropout
     states = {"data": model._data_rng.bit_generator.state, "dropout": {}, "backend": model.ops.name}
-    for i, layer in enumerate(_walk(model.layers)):
+    for i, layer in enumerate(walk(model.layers)):
         if isinstance(layer, Dropout):
             try:
                 state = model.ops.rng_state(layer.rng)
@@ -121,13 +121,11 @@ def _rng_states(model):
 
 
 def _restore_rng_states(model, states):
-    from .gradcheck import _walk
-    from .layers import Dropout
     if "data" in states:
         model._data_rng.bit_generator.state = states["data"]
     if states.get("backend") != model.ops.name:
         return     # another backend's dropout generator: start from the seed
-    for i, layer in enumerate(_walk(model.layers)):
+    for i, layer in enumerate(walk(model.layers)):
         state = states.get("dropout", {}).get(str(i))
         if isinstance(layer, Dropout) and state is not None:
             model.ops.set_rng_state(layer.rng, state)

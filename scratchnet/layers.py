@@ -385,6 +385,13 @@ class Residual(Layer):
 
 # -- running a list of layers, with Dense+activation fused -------------------
 
+def walk(layers):
+    """Every layer, depth first, Residual blocks' layers included."""
+    for layer in layers:
+        yield layer
+        yield from walk(layer.children())
+
+
 def check_layer_list(layers, owner):
     layers = list(layers)
     if not layers:

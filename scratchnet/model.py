@@ -215,7 +215,7 @@ class Sequential:
         batch_size = check_positive_int(batch_size, "batch_size")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        if mode == "per_sample" and any(isinstance(x, L.BatchNorm) for x in _all_layers(self.layers)):
+        if mode == "per_sample" and any(isinstance(x, L.BatchNorm) for x in L.walk(self.layers)):
             raise ValueError("mode='per_sample' cannot train BatchNorm (batch statistics of one "
                              "sample); use mode='minibatch'")
         if lr_schedule is not None and not callable(lr_schedule):
@@ -420,12 +420,6 @@ def _call(callbacks, method, *args):
         fn = getattr(cb, method, None)
         if fn is not None:
             fn(*args)
-
-
-def _all_layers(layers):
-    for layer in layers:
-        yield layer
-        yield from _all_layers(layer.children())
 
 
 def _named_parameters(layers, prefix):
