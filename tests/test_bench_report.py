@@ -258,3 +258,25 @@ def test_package_main_is_the_runner(monkeypatch):
     seen = []
     monkeypatch.setattr(run, "main", lambda argv=None: seen.append(argv) or 7)
     assert bench.main(["--quick"]) == 7 and seen == [["--quick"]]
+
+
+def test_relative_report_dir_is_the_callers(monkeypatch, tmp_path, capsys):
+    """pytest runs in the repository; a relative --report must still land in
+    the caller's folder (the subprocess is replaced: nothing is benchmarked)."""
+    import shutil
+    import subprocess as sp
+    from scratchnet.bench import run as bench_run
+    sample = Path(__file__).parent / "data" / "bench_sample.json"
+    seen = {}
+
+    def fake_call(cmd, cwd=None, env=None):
+        json_arg = [c for c in cmd if c.startswith("--benchmark-json=")][0]
+        seen["json"] = Path(json_arg.split("=", 1)[1])
+        shutil.copy(sample, seen["json"])
+        return 0
+
+    monkeypatch.setattr(sp, "call", fake_call)
+    monkeypatch.chdir(tmp_path)
+    assert bench_run.main(["--quick", "--report", "out"]) == 0
+    assert seen["json"] == tmp_path / "out" / "benchmarks.json"
+    assert (tmp_path / "out" / "report.md").exists()

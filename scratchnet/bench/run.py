@@ -110,8 +110,11 @@ def main(argv=None):
         return 2
 
     tmp = None
+    # Absolute paths: pytest runs in the repository, not in the caller's folder.
+    if args.report:
+        args.report = str(Path(args.report).resolve())
     if args.json:
-        json_path = Path(args.json)
+        json_path = Path(args.json).resolve()
     elif args.report:
         json_path = Path(args.report) / "benchmarks.json"
     else:
