@@ -189,7 +189,12 @@ class MSE(Loss):
         return ops.asarray(check_targets(y, out_shape, "y"), dtype=dtype)
 
     def tracks_accuracy(self, y):
-        return y.ndim == 1 and y.dtype.kind == "i"   # only for class labels
+        """For class labels, or one-hot target rows (the classic quadratic cost)."""
+        if y.ndim == 1:
+            return y.dtype.kind in "iu"
+        if y.ndim != 2 or y.shape[1] < 2:
+            return False
+        return bool(((y == 0) | (y == 1)).all()) and bool((y.sum(axis=1) == 1).all())
 
     def _compute(self, out, y, ops):
         xp = ops.xp

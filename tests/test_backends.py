@@ -342,3 +342,15 @@ def test_backend_keeps_base_signatures(name):
         checked += 1
     if name != "numpy":
         assert checked > 0, f"{class_name} overrides nothing"
+
+
+def test_environment_variable_is_read_until_set_backend(monkeypatch):
+    import scratchnet.backends as B
+    monkeypatch.setattr(B, "_global_name", None)
+    monkeypatch.setenv("SCRATCHNET_BACKEND", "numpy")
+    assert sn.get_backend().name == "numpy"
+    monkeypatch.setenv("SCRATCHNET_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="SCRATCHNET_BACKEND='bogus'"):
+        sn.get_backend()
+    sn.set_backend("numpy")        # an explicit choice wins over the variable
+    assert sn.get_backend().name == "numpy"

@@ -285,3 +285,13 @@ def test_mse_accepts_label_lists(backend):
     v2, g2 = run(backend, sn.MSE(), out, np.array([0, 1]))
     assert v1 == v2
     np.testing.assert_array_equal(g1, g2)
+
+
+def test_mse_tracks_accuracy_for_labels_and_one_hot_targets_only():
+    X = np.random.default_rng(0).random((12, 3))
+    labels = np.arange(12) % 3
+    model = sn.Sequential([sn.Dense(3, 3), sn.Sigmoid()], seed=0, backend="numpy")
+    for y, tracked in [(labels, True), (np.eye(3)[labels], True),
+                       (np.random.default_rng(1).random((12, 3)), False)]:
+        hist = model.fit(X, y, loss=sn.MSE(), optimizer=sn.SGD(0.1), epochs=1, batch_size=4)
+        assert ("accuracy" in hist.history) is tracked

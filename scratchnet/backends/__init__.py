@@ -136,10 +136,12 @@ def get_backend() -> Ops:
     ops = _current.get()
     if ops is not None:
         return ops
-    if _global_name is None:
-        requested = os.environ.get(ENV_VAR, "").strip() or "numpy"
-        try:
-            set_backend(requested)
-        except (ValueError, BackendUnavailableError) as err:
-            raise type(err)(f"${ENV_VAR}={requested!r}: {err}") from None
-    return get_ops(_global_name)
+    if _global_name is not None:
+        return get_ops(_global_name)
+    # Read the variable each time until set_backend is called, so a change to
+    # the environment is seen; get_ops caches the backend objects.
+    requested = os.environ.get(ENV_VAR, "").strip() or "numpy"
+    try:
+        return get_ops(requested)
+    except (ValueError, BackendUnavailableError) as err:
+        raise type(err)(f"${ENV_VAR}={requested!r}: {err}") from None
