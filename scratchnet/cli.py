@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 import time
 
@@ -246,11 +247,9 @@ def cmd_info(args, out=print):
     for name, why in backend_status().items():
         if why is None:
             ops = get_ops(name)
-            warm = getattr(ops, "warmup", None)
-            extra = ""
-            if warm is not None:
-                extra = f"; compiled its kernels (float32) in {warm('float32'):.2f} s"
-            out(f"  {name:6} available: {ops.describe()}{extra}")
+            if hasattr(ops, "warmup"):      # compile (or load) its kernels, so describe() has the time
+                ops.warmup("float32")
+            out(f"  {name:6} available: {ops.describe()}")
         else:
             out(f"  {name:6} unavailable: {why}")
     return 0
@@ -274,7 +273,10 @@ def main(argv=None):
             ValueError, TypeError, FloatingPointError, ImportError) as err:
         if os.environ.get("SCRATCHNET_DEBUG"):
             raise
-        print(f"scratchnet: error: {err}", file=sys.stderr)
+        # one line, even for messages written as a list of hints
+        message = "; ".join(re.sub(r"^\s*-\s+", "", part).strip()
+                            for part in str(err).splitlines() if part.strip())
+        print(f"scratchnet: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scratchnet: interrupted", file=sys.stderr)

@@ -78,6 +78,7 @@ def test_missing_dataset_names_the_fix(capsys, tmp_path, monkeypatch):
                          str(tmp_path / "empty"))
     assert code == 2
     assert "dataset-fashion-mnist" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_info_lists_every_backend_with_a_reason(capsys):
