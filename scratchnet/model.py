@@ -21,7 +21,7 @@ import time
 import numpy
 
 from . import layers as L
-from ._validate import (as_dtype, check_backend_of, check_features, check_number,
+from ._validate import (as_dtype, check_backend_of, check_features, check_labels, check_number,
                         check_positive_int)
 from .backends import get_backend, get_ops
 from .losses import Loss, get_loss
@@ -35,11 +35,14 @@ class TrainingDivergedError(FloatingPointError, RuntimeError):
 
 
 class History:
-    """What ``fit`` returns: ``history.history["loss"]`` etc., one value per epoch."""
+    """What ``fit`` returns: ``history.history["loss"]`` etc., one value per epoch;
+    ``history.diagnostics`` holds the recorder's report when ``fit`` was asked
+    for one (else None)."""
 
     def __init__(self):
         self.history = {}
         self.epoch = []
+        self.diagnostics = None
 
     def append(self, epoch, logs):
         self.epoch.append(epoch)
@@ -161,7 +164,6 @@ class Sequential:
         return self._evaluate(X, y, loss, batch_size)
 
     def _labels_only(self, y, n):
-        from ._validate import check_labels
         return self.ops.asarray(check_labels(y, n, self.n_out))
 
     def _evaluate(self, X, y, loss, batch_size=1024):
