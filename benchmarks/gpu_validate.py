@@ -137,83 +137,19 @@ def time_kernels(ops, bandwidth, quick=False):
 
 
 # ----------------------------------------------------------- training epoch
-def _synthetic(n_samples, n_features, n_classes, seed):
-    rng = numpy.random.default_rng(seed)
-    X = rng.standard_normal((n_samples, n_features), dtype=numpy.float32)
-    y = rng.integers(0, n_classes, n_samples)
-    return X, y
-
-
-def epoch_time(backend="cupy", n_samples=60000, n_features=784, hidden=(256, 256),
-               n_classes=10, batch_size=512, seed=0):
-    """Seconds for one training epoch of an MLP with scratchnet (after a warm-up epoch).
-
-    ReLU MLP n_features -> hidden... -> n_classes, softmax cross-entropy, Adam(1e-3),
-    mini-batches of ``batch_size`` on synthetic data, device synchronised.
-    """
-    import scratchnet as sn
-    from scratchnet.backends import get_ops
-
-    X, y = _synthetic(n_samples, n_features, n_classes, seed)
-    sizes = [n_features, *hidden]
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [sn.Dense(n_in, n_out, init="he"), sn.ReLU()]
-    layers.append(sn.Dense(sizes[-1], n_classes))
-    model = sn.Sequential(layers, seed=seed, backend=backend)
-    ops = get_ops(backend)
-    Xd, yd = ops.asarray(X), ops.asarray(y)
-
-    def one_epoch():
-        model.fit(Xd, yd, loss=sn.SoftmaxCrossEntropy(), optimizer=optimizer, epochs=1,
-                  batch_size=batch_size)
-        ops.synchronize()
-
-    optimizer = sn.Adam(1e-3)
-    one_epoch()  # warm-up: kernel compilation, buffers
-    t0 = time.perf_counter()
-    one_epoch()
-    return time.perf_counter() - t0
-
-
-def torch_epoch_time(n_samples=60000, n_features=784, hidden=(256, 256), n_classes=10,
-                     batch_size=512, seed=0):
-    """The same epoch in PyTorch eager on the GPU (seconds), or None without CUDA torch."""
-    try:
-        import torch
-    except ImportError:
+def epoch_time(impl="cupy", batch_size=512, optimizer="adam", quick=False):
+    """Seconds for one training epoch of the benchmark registry's MLP
+    (784-256-128-10 ReLU, softmax cross-entropy; ``scratchnet.bench.cases``),
+    after a warm-up epoch, device synchronised; ``impl`` is a scratchnet
+    backend or "torch-cuda". None when that implementation cannot run here."""
+    from scratchnet.bench.cases import EpochCase, get_size
+    case = EpochCase(impl=impl, size=get_size(quick), batch_size=batch_size, optimizer=optimizer)
+    if case.unavailable():
         return None
-    if not torch.cuda.is_available():
-        return None
-    torch.manual_seed(seed)
-    X, y = _synthetic(n_samples, n_features, n_classes, seed)
-    dev = torch.device("cuda")
-    Xd, yd = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
-    sizes = [n_features, *hidden]
-    mods = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        mods += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
-    mods.append(torch.nn.Linear(sizes[-1], n_classes))
-    model = torch.nn.Sequential(*mods).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def one_epoch():
-        order = torch.randperm(n_samples, device=dev)
-        total = torch.zeros((), device=dev)
-        for i in range(0, n_samples, batch_size):
-            idx = order[i:i + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xd[idx]), yd[idx])
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-        float(total)  # like scratchnet: the epoch's loss reaches the host once
-        torch.cuda.synchronize()
-
-    one_epoch()
+    prepared = case.prepare()
+    prepared.run()  # warm-up: kernel compilation, buffers
     t0 = time.perf_counter()
-    one_epoch()
+    prepared.run()
     return time.perf_counter() - t0
 
 
@@ -298,8 +234,8 @@ def write_markdown(report, path):
     e = report.get("epoch")
     if e:
         lines += ["", "## One training epoch", "",
-                  f"MLP {e['architecture']}, {e['n_samples']} samples, batch {e['batch_size']}, "
-                  "Adam, float32, synthetic data.", "",
+                  f"MLP {e['architecture']}, {e['size']}, batch {e['batch_size']}, "
+                  f"{e['optimizer']}, float32 (the benchmark registry's epoch case).", "",
                   f"- scratchnet (cupy): {e['scratchnet_s']}",
                   f"- PyTorch eager: {e['torch_s']}"]
     path.write_text("\n".join(lines) + "\n")
@@ -345,16 +281,16 @@ def main(argv=None):
     report["kernels"] = time_kernels(ops, bandwidth, quick=args.quick)
 
     if not args.no_epoch:
-        kw = dict(n_samples=60000 if not args.quick else 10240, batch_size=512)
-        epoch = {"architecture": "784-256-256-10", **kw}
+        epoch = {"architecture": "784-256-128-10", "batch_size": 512, "optimizer": "adam",
+                 "size": "quick" if args.quick else "full (60,000 samples)"}
         try:
-            epoch["scratchnet_s"] = round(epoch_time("cupy", **kw), 4)
-        except Exception as err:  # the model API is wired by the lead; report, don't die
+            epoch["scratchnet_s"] = round(epoch_time("cupy", quick=args.quick), 4)
+        except Exception as err:  # a failure belongs in the report, not a traceback
             epoch["scratchnet_s"] = f"error: {type(err).__name__}: {err}"
         if args.no_torch:
             epoch["torch_s"] = "skipped"
         else:
-            t = torch_epoch_time(**kw)
+            t = epoch_time("torch-cuda", quick=args.quick)
             epoch["torch_s"] = round(t, 4) if t is not None else "torch with CUDA not installed"
         report["epoch"] = epoch
         print(f"epoch: scratchnet {epoch['scratchnet_s']} s, torch {epoch['torch_s']}",
