@@ -14,6 +14,7 @@ over the batch's rows, one sample's backprop at a time, summing gradients.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -121,8 +122,9 @@ class Sequential:
 
     def forward(self, X, training=False):
         """Output for X (N, n_in); keeps what backward needs. ``training`` turns
-        on dropout and batch statistics."""
-        out = L.run_forward(self._plan, self._input(X), training)
+        on dropout and batch statistics. Returns a fresh array."""
+        with self._reusing(False):
+            out = L.run_forward(self._plan, self._input(X), training)
         self._out_shape = out.shape
         return out
 
@@ -139,13 +141,15 @@ class Sequential:
         if tuple(dY.shape) != tuple(shape):
             raise ValueError(f"backward: dY has shape {tuple(dY.shape)}, the last output had "
                              f"shape {tuple(shape)}")
-        return L.run_backward(self._plan, dY, need_input_grad=True)
+        with self._reusing(False):
+            return L.run_backward(self._plan, dY, need_input_grad=True)
 
     def predict(self, X, batch_size=1024):
         """Model outputs for X as a NumPy array (N, n_out), in evaluation mode."""
         X = self._input(X)
-        outs = [self.ops.to_host(L.run_forward(self._plan, X[i:i + batch_size], False))
-                for i in range(0, X.shape[0], batch_size)]
+        with self._reusing(False):     # each batch's output must survive the next
+            outs = [self.ops.to_host(L.run_forward(self._plan, X[i:i + batch_size], False))
+                    for i in range(0, X.shape[0], batch_size)]
         return numpy.concatenate(outs) if len(outs) > 1 else numpy.array(outs[0])
 
     def predict_classes(self, X, batch_size=1024):
@@ -169,28 +173,36 @@ class Sequential:
     def _evaluate(self, X, y, loss, batch_size=1024):
         ops, n = self.ops, X.shape[0]
         total = correct = 0
-        self._set_reuse(True)
-        try:
+        scorer = loss if loss is not None else _LABELS
+        track_acc = loss is None or loss.tracks_accuracy(y)
+        with self._reusing(True):
             for i in range(0, n, batch_size):
                 out = L.run_forward(self._plan, X[i:i + batch_size], False)
                 yb = y[i:i + batch_size]
                 if loss is not None:
                     total = total + loss._compute(out, yb, ops) * out.shape[0]
-                if loss is None or loss.tracks_accuracy(y):
-                    scorer = loss if loss is not None else _LABELS
+                if track_acc:
                     correct = correct + scorer.count_correct(out, yb, ops)
-        finally:
-            self._set_reuse(False)
         result = {}
         if loss is not None:
             result["loss"] = float(total) / n
-        if loss is None or loss.tracks_accuracy(y):
+        if track_acc:
             result["accuracy"] = float(correct) / n
         return result
 
-    def _set_reuse(self, flag):
+    @contextlib.contextmanager
+    def _reusing(self, flag):
+        """Within the block, layers reuse their work arrays between calls (True:
+        the training loop) or allocate fresh ones (False: results the caller
+        keeps); the previous setting comes back afterwards."""
+        previous = [layer._reuse for layer in self.layers]
         for layer in self.layers:
             layer.set_reuse(flag)
+        try:
+            yield
+        finally:
+            for layer, was in zip(self.layers, previous):
+                layer.set_reuse(was)
 
     # -- training -------------------------------------------------------------
     def fit(self, X, y, loss, optimizer, epochs=1, batch_size=32, mode="minibatch",
@@ -243,8 +255,7 @@ class Sequential:
         history = History()
         track_acc = loss.tracks_accuracy(y)
         _call(callbacks, "on_train_begin", self)
-        self._set_reuse(True)
-        try:
+        with self._reusing(True):
             for epoch in range(epochs):
                 if lr_schedule is not None:
                     optimizer.lr = check_number(lr_schedule(epoch), "lr_schedule(epoch)", low=0.0)
@@ -268,8 +279,6 @@ class Sequential:
                 _call(callbacks, "on_epoch_end", self, epoch, logs)
                 if progress:
                     _print_epoch(epoch, epochs, logs)
-        finally:
-            self._set_reuse(False)
         _call(callbacks, "on_train_end", self, history)
         for cb in callbacks:
             if hasattr(cb, "report"):

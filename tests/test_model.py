@@ -445,3 +445,27 @@ def test_copy_does_not_share_weights_with_the_original(backend):
     c.fit(X, y, loss="softmax_cross_entropy", optimizer=sn.SGD(0.5), epochs=3, batch_size=4)
     for b, p in zip(before, m.parameters()):
         np.testing.assert_array_equal(b, host(p))
+
+
+def test_buffer_reuse_survives_validation_and_callbacks(backend):
+    """Validation must not switch the training loop's buffer reuse off, and a
+    predict() from a callback must not return reused (overwritten) arrays."""
+    X = np.random.default_rng(0).random((64, 6))
+    y = np.arange(64) % 3
+    model = sn.Sequential([sn.Dense(6, 8), sn.ReLU(), sn.Dense(8, 3)], seed=0, backend=backend)
+    seen = []
+
+    class Probe:
+        def on_epoch_begin(self, m, epoch):
+            seen.append(m.layers[0]._reuse)
+
+        def on_epoch_end(self, m, epoch, logs):
+            p = m.predict(X, batch_size=16)
+            rows = np.concatenate([host(m.forward(X[i:i + 16])) for i in range(0, 64, 16)])
+            np.testing.assert_allclose(p, rows, rtol=1e-6)
+            assert len({p[i:i + 16].tobytes() for i in range(0, 64, 16)}) == 4
+
+    model.fit(X, y, loss="softmax_cross_entropy", optimizer=sn.SGD(0.1), epochs=3,
+              batch_size=8, validation_data=(X, y), callbacks=[Probe()])
+    assert seen == [True, True, True]
+    assert not any(layer._reuse for layer in model.layers)
