@@ -80,6 +80,7 @@ class Sequential:
         self.n_in = _input_features(self.layers)
         self.n_out = self._infer_features(self.n_in) if self.n_in is not None else None
         self.optimizer = None
+        self._xbufs = {}
 
     # -- structure ----------------------------------------------------------
     def _infer_features(self, n_in):
@@ -320,12 +321,14 @@ class Sequential:
         return total, correct
 
     def _batch_buffer(self, X, rows):
-        bufs = self.__dict__.setdefault("_xbufs", {})
+        """The array each mini-batch of ``rows`` rows is gathered into (reused:
+        a full batch and the epoch's last, shorter one)."""
         key = (rows, X.shape[1], X.dtype.str)
-        if key not in bufs:
-            bufs.clear() if len(bufs) > 2 else None
-            bufs[key] = self.ops.empty((rows, X.shape[1]), X.dtype)
-        return bufs[key]
+        if key not in self._xbufs:
+            if len(self._xbufs) > 2:
+                self._xbufs.clear()
+            self._xbufs[key] = self.ops.empty((rows, X.shape[1]), X.dtype)
+        return self._xbufs[key]
 
     def _per_sample_gradients(self, Xb, yb, loss):
         """The classic loop: backprop one sample (one row) at a time and sum the
@@ -357,7 +360,7 @@ class Sequential:
             layer.to(ops)
         if self.optimizer is not None:
             self.optimizer.to(ops, old)
-        self.__dict__.pop("_xbufs", None)
+        self._xbufs = {}
         self.ops = ops
         return self
 
