@@ -155,16 +155,11 @@ def epoch_time(impl="cupy", batch_size=512, optimizer="adam", quick=False):
 
 # ------------------------------------------------------------------ report
 def device_info(ops):
+    from scratchnet.backends.cupy_ops import _cuda_version as ver, device_name
     cp = ops.xp
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    name = props["name"]
-    name = name.decode() if isinstance(name, bytes) else name
-
-    def ver(v):
-        return f"{v // 1000}.{v % 1000 // 10}"
-
-    info = {"name": name, "compute_capability": dev.compute_capability,
+    info = {"name": device_name(cp), "compute_capability": dev.compute_capability,
             "multiprocessors": props["multiProcessorCount"],
             "memory_GiB": round(props["totalGlobalMem"] / 2**30, 1),
             "driver_cuda_version": ver(cp.cuda.runtime.driverGetVersion()),
@@ -215,7 +210,7 @@ def write_markdown(report, path):
              f"{d['multiprocessors']} SMs, {d['memory_GiB']} GiB)",
              f"- driver: {d.get('driver')} (CUDA {d['driver_cuda_version']}), "
              f"CUDA runtime {d['cuda_runtime']}",
-             f"- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val), ""]
+             "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val), ""]
     t = report.get("tests")
     if t:
         lines += [f"## GPU tests: {'PASS' if t['passed'] else 'FAIL'}", "",

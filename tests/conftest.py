@@ -5,7 +5,6 @@ Unavailable backends appear as skipped parameters with the reason their
 backend gave, so a missing backend is visible, never counted as a pass.
 """
 
-import os
 
 import numpy
 import pytest

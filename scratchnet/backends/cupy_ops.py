@@ -186,6 +186,12 @@ def _cuda_version(v):
     return f"{v // 1000}.{v % 1000 // 10}" if v else "none"
 
 
+def device_name(cupy):
+    """The current CUDA device's name, e.g. 'NVIDIA H100 80GB HBM3'."""
+    name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    return name.decode() if isinstance(name, bytes) else name
+
+
 _DRIVER_TOO_OLD = ("InsufficientDriver", "INSUFFICIENT_DRIVER", "UnsupportedPtxVersion",
                    "UNSUPPORTED_PTX_VERSION", "cudaErrorCallRequiresNewerDriver")
 
@@ -253,10 +259,7 @@ class CupyOps(Ops):
     def describe(self):
         cupy = self.xp
         dev = cupy.cuda.Device()
-        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
-        name = props["name"]
-        name = name.decode() if isinstance(name, bytes) else name
-        return (f"{self.name}: cupy {cupy.__version__} on {name} "
+        return (f"{self.name}: cupy {cupy.__version__} on {device_name(cupy)} "
                 f"(compute capability {dev.compute_capability}, CUDA runtime "
                 f"{_cuda_version(cupy.cuda.runtime.runtimeGetVersion())})")
 
