@@ -30,7 +30,6 @@ import time
 
 import numpy
 
-from . import layers as L
 from ._validate import check_number
 from .model import Sequential
 from .optimizers import SGD, Adam, Optimizer
@@ -75,15 +74,6 @@ def _settings(opt):
     if cfg.get("weight_decay"):
         parts.append(f"wd={cfg['weight_decay']:g}")
     return ", ".join(parts)
-
-
-def _clone(model, seed):
-    """A copy of ``model``'s weights and buffers whose data order and dropout
-    masks come from ``seed``."""
-    layers = [L.layer_from_config(spec) for spec in model.get_config()["layers"]]
-    clone = Sequential(layers, seed=seed, dtype=model.dtype, backend=model.ops)
-    clone.load_state_arrays(model.state_arrays(), "the initial model")   # copies
-    return clone
 
 
 class Comparison:
@@ -195,7 +185,7 @@ def compare_optimizers(model, X, y, optimizers=("sgd", "momentum", "adam"), epoc
             label = f"{label}-{seen[label]}"
         if progress:
             sys.stderr.write(f"{label} ({_settings(opt)})\n")
-        m = _clone(base, seed)
+        m = base.copy(seed=seed)
         initial = m.evaluate(X, y, loss)["loss"]
         t = time.perf_counter()
         history = m.fit(X, y, loss=loss, optimizer=opt, epochs=epochs, batch_size=batch_size,

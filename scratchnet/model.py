@@ -398,11 +398,13 @@ class Sequential:
             # a copy: the source may be another model's live arrays (copy())
             setattr(layer, name, self.ops.asarray(numpy.array(value, dtype=self.dtype)))
 
-    def copy(self, dtype=None, backend=None):
-        """An independent copy, optionally in another dtype or on another backend."""
+    def copy(self, dtype=None, backend=None, seed=None):
+        """An independent copy of the weights and buffers, optionally in another
+        dtype or on another backend; ``seed`` (default: this model's) seeds the
+        copy's data order and dropout masks."""
         clone = Sequential([L.layer_from_config(s) for s in self.get_config()["layers"]],
-                           seed=self.seed, dtype=dtype or self.dtype,
-                           backend=backend or self.ops)
+                           seed=self.seed if seed is None else seed,
+                           dtype=dtype or self.dtype, backend=backend or self.ops)
         clone.load_state_arrays(self.state_arrays())
         return clone
 

@@ -469,3 +469,16 @@ def test_buffer_reuse_survives_validation_and_callbacks(backend):
               batch_size=8, validation_data=(X, y), callbacks=[Probe()])
     assert seen == [True, True, True]
     assert not any(layer._reuse for layer in model.layers)
+
+
+def test_copy_with_another_seed_keeps_weights_and_changes_data_order():
+    X = np.random.default_rng(0).random((32, 4))
+    y = np.arange(32) % 2
+    m = sn.Sequential([sn.Dense(4, 3), sn.ReLU(), sn.Dense(3, 2)], seed=0)
+    a, b, c = m.copy(), m.copy(seed=0), m.copy(seed=7)
+    for x, z in zip(m.parameters(), c.parameters()):
+        np.testing.assert_array_equal(x, z)
+    runs = [x.fit(X, y, "softmax_cross_entropy", sn.SGD(0.1), epochs=1, batch_size=4)
+            for x in (a, b, c)]
+    assert runs[0].history["loss"] == runs[1].history["loss"]
+    assert runs[0].history["loss"] != runs[2].history["loss"]
