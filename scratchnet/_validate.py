@@ -11,7 +11,7 @@ import numbers
 
 import numpy
 
-from ._compat import array_library, is_cupy_array
+from ._compat import is_cupy_array
 
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -154,4 +154,4 @@ def check_number(value, name, low=None, high=None, low_open=False, high_open=Fal
 
 
 __all__ = ["as_dtype", "check_backend_of", "check_features", "check_labels", "check_targets",
-           "check_positive_int", "check_number", "array_library"]
+           "check_positive_int", "check_number"]

@@ -28,9 +28,9 @@ ACTIVATIONS = {"relu": L.ReLU, "leaky_relu": L.LeakyReLU, "sigmoid": L.Sigmoid, 
 #: Per-dataset defaults for options left unset: small and quick for the
 #: embedded digits, the classic recipe for the 28x28 sets.
 DEFAULTS = {
-    "digits": {"epochs": 30, "batch_size": 32, "hidden": "128,64", "lr": None},
-    "fashion-mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128", "lr": None},
-    "mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128", "lr": None},
+    "digits": {"epochs": 30, "batch_size": 32, "hidden": "128,64"},
+    "fashion-mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128"},
+    "mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128"},
 }
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3}
 

@@ -25,7 +25,7 @@ from . import layers as L
 from ._validate import (as_dtype, check_backend_of, check_features, check_labels, check_number,
                         check_positive_int)
 from .backends import get_backend, get_ops
-from .losses import Loss, get_loss
+from .losses import get_loss
 from .optimizers import OPTIMIZERS, Optimizer
 
 MODES = ("minibatch", "per_sample", "full_batch")
@@ -174,7 +174,9 @@ class Sequential:
     def _evaluate(self, X, y, loss, batch_size=1024):
         ops, n = self.ops, X.shape[0]
         total = correct = 0
-        scorer = loss if loss is not None else _LABELS
+        # without a loss, y holds integer labels: argmax accuracy
+        count_correct = loss.count_correct if loss is not None else \
+            (lambda out, yb, ops: ops.count_correct(out, yb))
         track_acc = loss is None or loss.tracks_accuracy(y)
         with self._reusing(True):
             for i in range(0, n, batch_size):
@@ -183,7 +185,7 @@ class Sequential:
                 if loss is not None:
                     total = total + loss._compute(out, yb, ops) * out.shape[0]
                 if track_acc:
-                    correct = correct + scorer.count_correct(out, yb, ops)
+                    correct = correct + count_correct(out, yb, ops)
         result = {}
         if loss is not None:
             result["loss"] = float(total) / n
@@ -422,13 +424,6 @@ def _get_optimizer(opt):
         return OPTIMIZERS[opt.lower()]()
     raise ValueError(f"unknown optimizer {opt!r}; expected an Optimizer (sn.SGD, sn.Adam) "
                      f"or one of {sorted(OPTIMIZERS)}")
-
-
-class _LabelScorer(Loss):
-    """Accuracy without a loss: argmax against integer labels."""
-
-
-_LABELS = _LabelScorer()
 
 
 def _call(callbacks, method, *args):
