@@ -241,6 +241,72 @@ class Ops:
         denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** step) + param.dtype.type(eps)
         param -= param.dtype.type(step_size) * (m / denom)
 
+    def adamw_update(self, param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=1e-2):
+        """One AdamW step in place, PyTorch's definition (amsgrad off).
+
+        Decoupled weight decay: param *= 1 - lr * weight_decay, then the
+        bias-corrected Adam step on ``grad`` alone (no L2 term).
+        ``step`` is the 1-based step count after this update.
+        """
+        if weight_decay:
+            param *= param.dtype.type(1 - lr * weight_decay)
+        # The base class's composed Adam step, named explicitly so that this
+        # default stays composed on a backend that fuses adam_update.
+        Ops.adam_update(self, param, grad, m, v, step, lr, beta1, beta2, eps)
+
+    def rmsprop_update(self, param, grad, square_avg, lr, alpha=0.99, eps=1e-8,
+                       weight_decay=0.0, momentum=0.0, buf=None, centered=False,
+                       grad_avg=None):
+        """One RMSprop step in place, PyTorch's definition.
+
+        g = grad + weight_decay * param; s = alpha s + (1 - alpha) g^2;
+        centered: a = alpha a + (1 - alpha) g, avg = sqrt(s - a^2) + eps,
+        else avg = sqrt(s) + eps; momentum > 0: buf = momentum buf + g / avg,
+        param -= lr * buf; else param -= lr * g / avg.
+        ``buf`` is needed when momentum > 0, ``grad_avg`` when centered.
+        """
+        if momentum > 0 and buf is None:
+            raise ValueError(f"buf is None but momentum={momentum}")
+        if centered and grad_avg is None:
+            raise ValueError("grad_avg is None but centered=True")
+        xp = self.xp
+        T = param.dtype.type
+        g = grad
+        if weight_decay:
+            g = grad + weight_decay * param
+        square_avg *= alpha
+        square_avg += (1 - alpha) * (g * g)
+        if centered:
+            grad_avg *= alpha
+            grad_avg += (1 - alpha) * g
+            avg = xp.sqrt(square_avg - grad_avg * grad_avg)
+        else:
+            avg = xp.sqrt(square_avg)
+        avg += T(eps)
+        if momentum > 0:
+            buf *= momentum
+            buf += g / avg
+            param -= T(lr) * buf
+        else:
+            param -= T(lr) * (g / avg)
+
+    def adagrad_update(self, param, grad, state_sum, step, lr, lr_decay=0.0,
+                       weight_decay=0.0, eps=1e-10):
+        """One Adagrad step in place, PyTorch's definition.
+
+        g = grad + weight_decay * param; clr = lr / (1 + (step - 1) lr_decay);
+        state_sum += g^2; param -= clr * g / (sqrt(state_sum) + eps).
+        ``step`` is the 1-based step count after this update.
+        """
+        T = param.dtype.type
+        g = grad
+        if weight_decay:
+            g = grad + weight_decay * param
+        clr = lr / (1 + (step - 1) * lr_decay)
+        state_sum += g * g
+        param -= T(clr) * (g / (self.xp.sqrt(state_sum) + T(eps)))
+
     # ------------------------------------------------------------- reporting
     def describe(self):
         """One-line description for ``scratchnet info``."""
