@@ -41,7 +41,8 @@ CACHE = os.environ.get("SCRATCHNET_NUMBA_CACHE", "1").strip() != "0"
 
 #: The kernels ``NumbaOps`` calls (``warmup`` compiles each of them).
 KERNELS = ("take_rows", "bias_act", "act_backward", "column_sum", "softmax_cross_entropy",
-           "count_correct", "sgd_update", "adam_update", "dropout")
+           "count_correct", "sgd_update", "adam_update", "adamw_update", "rmsprop_update",
+           "adagrad_update", "dropout")
 
 #: Activation codes: the index in ``base.ACTIVATIONS``.
 IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH = range(5)
@@ -397,6 +398,71 @@ def adam_update(param, grad, m, v, step_size, beta1, beta2, one_minus_beta1,
         m[k] = mk
         v[k] = vk
         param[k] -= step_size * (mk / (np.sqrt(vk) / sqrt_bias2 + eps))
+
+
+@jit
+def adamw_update(param, grad, m, v, decay, step_size, beta1, beta2, one_minus_beta1,
+                 one_minus_beta2, sqrt_bias2, eps):
+    """One AdamW step in place on flat (P,) arrays: param *= decay, then adam_update's
+    step without weight decay. decay = 1 - lr * weight_decay (exactly 1 without it)."""
+    t = param.dtype.type
+    decay, step_size, beta1, beta2 = t(decay), t(step_size), t(beta1), t(beta2)
+    one_minus_beta1, one_minus_beta2 = t(one_minus_beta1), t(one_minus_beta2)
+    sqrt_bias2, eps = t(sqrt_bias2), t(eps)
+    for k in range(param.shape[0]):
+        g = grad[k]
+        mk = beta1 * m[k] + one_minus_beta1 * g
+        vk = beta2 * v[k] + one_minus_beta2 * (g * g)
+        m[k] = mk
+        v[k] = vk
+        param[k] = param[k] * decay - step_size * (mk / (np.sqrt(vk) / sqrt_bias2 + eps))
+
+
+@jit
+def rmsprop_update(param, grad, square_avg, grad_avg, buf, lr, alpha, one_minus_alpha, eps,
+                   weight_decay, momentum, use_momentum, centered):
+    """One RMSprop step in place on flat (P,) arrays (the base class's operations, in order).
+
+    grad_avg is only touched when centered, buf only when use_momentum
+    (pass any (P,) array otherwise); the flags are decided by the caller so
+    that they mean what the base class's Python tests mean.
+    """
+    t = param.dtype.type
+    lr, alpha, one_minus_alpha, eps = t(lr), t(alpha), t(one_minus_alpha), t(eps)
+    weight_decay, momentum = t(weight_decay), t(momentum)
+    for k in range(param.shape[0]):
+        g = grad[k]
+        if weight_decay != 0:
+            g = g + weight_decay * param[k]
+        s = alpha * square_avg[k] + one_minus_alpha * (g * g)
+        square_avg[k] = s
+        if centered:
+            a = alpha * grad_avg[k] + one_minus_alpha * g
+            grad_avg[k] = a
+            avg = np.sqrt(s - a * a) + eps
+        else:
+            avg = np.sqrt(s) + eps
+        if use_momentum:
+            b = momentum * buf[k] + g / avg
+            buf[k] = b
+            param[k] -= lr * b
+        else:
+            param[k] -= lr * (g / avg)
+
+
+@jit
+def adagrad_update(param, grad, state_sum, clr, eps, weight_decay):
+    """One Adagrad step in place on flat (P,) arrays; clr is the decayed rate
+    lr / (1 + (step - 1) * lr_decay). Scalars are used in param's dtype."""
+    t = param.dtype.type
+    clr, eps, weight_decay = t(clr), t(eps), t(weight_decay)
+    for k in range(param.shape[0]):
+        g = grad[k]
+        if weight_decay != 0:
+            g = g + weight_decay * param[k]
+        s = state_sum[k] + g * g
+        state_sum[k] = s
+        param[k] -= clr * (g / (np.sqrt(s) + eps))
 
 
 # ----------------------------------------------------------------- dropout

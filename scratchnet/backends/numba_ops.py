@@ -269,6 +269,51 @@ class NumbaOps(Ops):
                   float(beta2), float(1 - beta1), float(1 - beta2),
                   float(math.sqrt(1 - beta2 ** step)), float(eps), float(weight_decay))
 
+    def adamw_update(self, param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=1e-2):
+        """One fused AdamW step in place (PyTorch's definition, as the base class)."""
+        if not (_floats(param, grad, m, v) and grad.shape == param.shape
+                and all(_writable(a, param.shape, param.dtype) for a in (param, m, v))):
+            return super().adamw_update(param, grad, m, v, step, lr, beta1, beta2, eps,
+                                        weight_decay)
+        grad = numpy.ascontiguousarray(grad).reshape(-1)
+        self._run("adamw_update", param.dtype, param.reshape(-1), grad, m.reshape(-1),
+                  v.reshape(-1), float(1 - lr * weight_decay), float(lr / (1 - beta1 ** step)),
+                  float(beta1), float(beta2), float(1 - beta1), float(1 - beta2),
+                  float(math.sqrt(1 - beta2 ** step)), float(eps))
+
+    def rmsprop_update(self, param, grad, square_avg, lr, alpha=0.99, eps=1e-8,
+                       weight_decay=0.0, momentum=0.0, buf=None, centered=False,
+                       grad_avg=None):
+        """One fused RMSprop step in place (PyTorch's definition, as the base class)."""
+        use_momentum, centered = bool(momentum > 0), bool(centered)
+        written = ((param, square_avg) + ((buf,) if use_momentum else ())
+                   + ((grad_avg,) if centered else ()))
+        # A missing buf/grad_avg fails _floats; the base class then names it.
+        if not (_floats(param, grad, *written[1:]) and grad.shape == param.shape
+                and all(_writable(a, param.shape, param.dtype) for a in written)):
+            return super().rmsprop_update(param, grad, square_avg, lr, alpha, eps,
+                                          weight_decay, momentum, buf, centered, grad_avg)
+        grad = numpy.ascontiguousarray(grad).reshape(-1)
+        none = self._none(param.dtype)
+        self._run("rmsprop_update", param.dtype, param.reshape(-1), grad,
+                  square_avg.reshape(-1), grad_avg.reshape(-1) if centered else none,
+                  buf.reshape(-1) if use_momentum else none, float(lr), float(alpha),
+                  float(1 - alpha), float(eps), float(weight_decay), float(momentum),
+                  use_momentum, centered)
+
+    def adagrad_update(self, param, grad, state_sum, step, lr, lr_decay=0.0,
+                       weight_decay=0.0, eps=1e-10):
+        """One fused Adagrad step in place (PyTorch's definition, as the base class)."""
+        if not (_floats(param, grad, state_sum) and grad.shape == param.shape
+                and all(_writable(a, param.shape, param.dtype) for a in (param, state_sum))):
+            return super().adagrad_update(param, grad, state_sum, step, lr, lr_decay,
+                                          weight_decay, eps)
+        grad = numpy.ascontiguousarray(grad).reshape(-1)
+        self._run("adagrad_update", param.dtype, param.reshape(-1), grad,
+                  state_sum.reshape(-1), float(lr / (1 + (step - 1) * lr_decay)), float(eps),
+                  float(weight_decay))
+
     # ------------------------------------------------------------- dropout
     def dropout(self, X, p, rng):
         """``(X * mask, mask)``; the same uniforms as the base class, so the same mask."""
@@ -304,6 +349,12 @@ class NumbaOps(Ops):
         self.count_correct(Z, labels)
         self.sgd_update(Z.copy(), Z, numpy.zeros_like(Z), 0.1, momentum=0.9)
         self.adam_update(Z.copy(), Z, numpy.zeros_like(Z), numpy.zeros_like(Z), 1, 0.1)
+        self.adamw_update(Z.copy(), Z, numpy.zeros_like(Z), numpy.zeros_like(Z), 1, 0.1)
+        # buf and grad_avg given: their absent stand-in has the same numba type.
+        self.rmsprop_update(Z.copy(), Z, numpy.zeros_like(Z), 0.1, momentum=0.9,
+                            buf=numpy.zeros_like(Z), centered=True,
+                            grad_avg=numpy.zeros_like(Z))
+        self.adagrad_update(Z.copy(), Z, numpy.zeros_like(Z), 1, 0.1)
         self.dropout(Z, 0.5, rng)
         return time.perf_counter() - start
 
