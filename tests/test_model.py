@@ -308,13 +308,12 @@ def test_cosine_schedule_sets_lr_per_epoch(backend):
                             batch_size=10, lr_schedule=sched, callbacks=[Snap()])
     expected = [sched(e) for e in range(4)]
     assert hist.history["lr"] == pytest.approx(expected)
-    assert expected[0] == pytest.approx(0.2) and expected[-1] == pytest.approx(0.0)
+    assert expected[0] == pytest.approx(0.2) and expected[-1] > 0
     assert expected[0] > expected[1] > expected[2] > expected[3]
-    assert opt.lr == pytest.approx(0.0)
-    # the last epoch ran at lr 0: nothing moved; the others did
-    for k in snapshots[3]:
-        np.testing.assert_array_equal(snapshots[3][k], snapshots[2][k])
-    assert any((snapshots[1][k] != snapshots[0][k]).any() for k in snapshots[0])
+    assert opt.lr == pytest.approx(expected[-1])
+    # every epoch, the last one included, moved the weights
+    for before, after in zip(snapshots, snapshots[1:]):
+        assert any((after[k] != before[k]).any() for k in before)
 
 
 def test_schedule_is_applied_to_the_update(backend):
