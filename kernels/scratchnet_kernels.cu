@@ -255,6 +255,78 @@ __global__ void adam(T* param, const T* grad, T* m, T* v, long long n, T step_si
     }
 }
 
+// AdamW, PyTorch's definition (decoupled weight decay, amsgrad off), in place:
+//   param *= decay;  then adam's step above on grad alone (no L2 term)
+// with decay = 1 - lr * wd (exactly 1 without weight decay); decay, step_size
+// and bc2_sqrt are computed on the host in double, then rounded to T.
+template <typename T>
+__global__ void adamw(T* param, const T* grad, T* m, T* v, long long n, T decay,
+                      T step_size, T beta1, T one_minus_beta1, T beta2,
+                      T one_minus_beta2, T bc2_sqrt, T eps) {
+    SN_GRID_STRIDE(i, n) {
+        const T g = grad[i];
+        const T mi = m[i] * beta1 + one_minus_beta1 * g;
+        const T vi = v[i] * beta2 + one_minus_beta2 * (g * g);
+        m[i] = mi;
+        v[i] = vi;
+        const T denom = sn_sqrt(vi) / bc2_sqrt + eps;
+        param[i] = param[i] * decay - step_size * (mi / denom);
+    }
+}
+
+// RMSprop, PyTorch's definition, in place:
+//   g = grad + wd * param;  s = alpha s + (1 - alpha) g^2;
+//   centered: a = alpha a + (1 - alpha) g, avg = sqrt(s - a^2) + eps,
+//   else avg = sqrt(s) + eps;
+//   momentum: buf = momentum buf + g / avg, param -= lr * buf;
+//   else param -= lr * (g / avg).
+// The wrapper passes grad_avg only when centered and buf only when
+// momentum > 0; otherwise they are null and ignored.
+template <typename T>
+__global__ void rmsprop(T* param, const T* grad, T* square_avg, T* grad_avg, T* buf,
+                        long long n, T lr, T alpha, T one_minus_alpha, T eps,
+                        T weight_decay, T momentum) {
+    SN_GRID_STRIDE(i, n) {
+        const T p = param[i];
+        T g = grad[i];
+        if (weight_decay != T(0)) g = g + weight_decay * p;
+        const T s = square_avg[i] * alpha + one_minus_alpha * (g * g);
+        square_avg[i] = s;
+        T avg;
+        if (grad_avg != nullptr) {
+            const T a = grad_avg[i] * alpha + one_minus_alpha * g;
+            grad_avg[i] = a;
+            avg = sn_sqrt(s - a * a) + eps;
+        } else {
+            avg = sn_sqrt(s) + eps;
+        }
+        if (buf != nullptr) {
+            const T b = buf[i] * momentum + g / avg;
+            buf[i] = b;
+            param[i] = p - lr * b;
+        } else {
+            param[i] = p - lr * (g / avg);
+        }
+    }
+}
+
+// Adagrad, PyTorch's definition, in place:
+//   g = grad + wd * param;  state_sum += g^2;
+//   param -= clr * (g / (sqrt(state_sum) + eps))
+// with clr = lr / (1 + (step - 1) * lr_decay) computed on the host in double.
+template <typename T>
+__global__ void adagrad(T* param, const T* grad, T* state_sum, long long n, T clr, T eps,
+                        T weight_decay) {
+    SN_GRID_STRIDE(i, n) {
+        const T p = param[i];
+        T g = grad[i];
+        if (weight_decay != T(0)) g = g + weight_decay * p;
+        const T s = state_sum[i] + g * g;
+        state_sum[i] = s;
+        param[i] = p - clr * (g / (sn_sqrt(s) + eps));
+    }
+}
+
 // --------------------------------------------------------- (e) dropout
 // Inverted dropout from uniforms u in [0, 1) drawn by the backend's
 // generator: keep where u >= p; mask = keep ? scale : 0 with
@@ -281,6 +353,11 @@ __global__ void dropout(const T* X, const float* u, T* out, T* mask, long long n
     template __global__ void sgd_momentum<T>(T*, const T*, T*, long long, T, T, int, T); \
     template __global__ void adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, T, \
                                      T, T);                                    \
+    template __global__ void adamw<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, \
+                                      T, T, T);                                \
+    template __global__ void rmsprop<T>(T*, const T*, T*, T*, T*, long long, T, T, T, T, \
+                                        T, T);                                 \
+    template __global__ void adagrad<T>(T*, const T*, T*, long long, T, T, T); \
     template __global__ void dropout<T>(const T*, const float*, T*, T*, long long, float, \
                                         T);
 

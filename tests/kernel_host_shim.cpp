@@ -50,6 +50,29 @@
                     one_minus_beta2, bc2_sqrt, eps, weight_decay);             \
         });                                                                    \
     }                                                                          \
+    extern "C" void sn_adamw_##S(unsigned g, unsigned b, T* param, const T* grad, T* m, \
+                                 T* v, long long n, T decay, T step_size, T beta1, \
+                                 T one_minus_beta1, T beta2, T one_minus_beta2, \
+                                 T bc2_sqrt, T eps) {                          \
+        sn_launch(g, b, [&] {                                                  \
+            adamw<T>(param, grad, m, v, n, decay, step_size, beta1, one_minus_beta1, \
+                     beta2, one_minus_beta2, bc2_sqrt, eps);                   \
+        });                                                                    \
+    }                                                                          \
+    extern "C" void sn_rmsprop_##S(unsigned g, unsigned b, T* param, const T* grad, \
+                                   T* square_avg, T* grad_avg, T* buf, long long n, \
+                                   T lr, T alpha, T one_minus_alpha, T eps,    \
+                                   T weight_decay, T momentum) {               \
+        sn_launch(g, b, [&] {                                                  \
+            rmsprop<T>(param, grad, square_avg, grad_avg, buf, n, lr, alpha,   \
+                       one_minus_alpha, eps, weight_decay, momentum);          \
+        });                                                                    \
+    }                                                                          \
+    extern "C" void sn_adagrad_##S(unsigned g, unsigned b, T* param, const T* grad, \
+                                   T* state_sum, long long n, T clr, T eps,    \
+                                   T weight_decay) {                           \
+        sn_launch(g, b, [&] { adagrad<T>(param, grad, state_sum, n, clr, eps, weight_decay); }); \
+    }                                                                          \
     extern "C" void sn_dropout_##S(unsigned g, unsigned b, const T* X, const float* u, \
                                    T* out, T* mask, long long n, float p, T scale) { \
         sn_launch(g, b, [&] { dropout<T>(X, u, out, mask, n, p, scale); });    \

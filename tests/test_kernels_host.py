@@ -313,6 +313,71 @@ def test_adam_update(ops, shape, dtype, weight_decay):
         numpy.testing.assert_allclose(got, want, **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_adamw_update(ops, shape, dtype, weight_decay):
+    p_got, p_want = data(shape, dtype), data(shape, dtype)
+    m_got, v_got = numpy.zeros(shape, dtype), numpy.zeros(shape, dtype)
+    m_want, v_want = numpy.zeros(shape, dtype), numpy.zeros(shape, dtype)
+    for step in range(1, 6):
+        g = data(shape, dtype, seed=30 + step)
+        ops.adamw_update(p_got, g, m_got, v_got, step, 1e-2, weight_decay=weight_decay)
+        REF.adamw_update(p_want, g, m_want, v_want, step, 1e-2, weight_decay=weight_decay)
+    for got, want in ((p_got, p_want), (m_got, m_want), (v_got, v_want)):
+        numpy.testing.assert_allclose(got, want, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("momentum,centered,weight_decay",
+                         [(0.0, False, 0.0), (0.0, True, 0.0), (0.9, False, 0.0),
+                          (0.9, True, 1e-2), (0.5, False, 1e-2)])
+def test_rmsprop_update(ops, shape, dtype, momentum, centered, weight_decay):
+    p_got, p_want = data(shape, dtype), data(shape, dtype)
+    got = {"square_avg": numpy.zeros(shape, dtype),
+           "buf": numpy.zeros(shape, dtype) if momentum else None,
+           "grad_avg": numpy.zeros(shape, dtype) if centered else None}
+    want = {k: None if a is None else a.copy() for k, a in got.items()}
+    for step in range(5):
+        g = data(shape, dtype, seed=40 + step)
+        ops.rmsprop_update(p_got, g, got["square_avg"], 1e-2, 0.9, 1e-8, weight_decay,
+                           momentum, got["buf"], centered, got["grad_avg"])
+        REF.rmsprop_update(p_want, g, want["square_avg"], 1e-2, 0.9, 1e-8, weight_decay,
+                           momentum, want["buf"], centered, want["grad_avg"])
+    numpy.testing.assert_allclose(p_got, p_want, **tol(dtype))
+    for name, a in got.items():
+        if a is not None:
+            numpy.testing.assert_allclose(a, want[name], **tol(dtype), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("lr_decay,weight_decay", [(0.0, 0.0), (0.1, 0.0), (0.1, 1e-2)])
+def test_adagrad_update(ops, shape, dtype, lr_decay, weight_decay):
+    p_got, p_want = data(shape, dtype), data(shape, dtype)
+    s_got, s_want = numpy.zeros(shape, dtype), numpy.zeros(shape, dtype)
+    for step in range(1, 6):
+        g = data(shape, dtype, seed=50 + step)
+        ops.adagrad_update(p_got, g, s_got, step, 0.1, lr_decay, weight_decay)
+        REF.adagrad_update(p_want, g, s_want, step, 0.1, lr_decay, weight_decay)
+    numpy.testing.assert_allclose(p_got, p_want, **tol(dtype))
+    numpy.testing.assert_allclose(s_got, s_want, **tol(dtype))
+
+
+def test_rmsprop_passes_only_the_state_in_use(ops):
+    """buf without momentum and grad_avg without centering are neither read nor written."""
+    shape, dtype = (127, 10), numpy.float64
+    p_got, p_want = data(shape, dtype), data(shape, dtype)
+    s_got, s_want = numpy.zeros(shape, dtype), numpy.zeros(shape, dtype)
+    buf, grad_avg = numpy.full(shape, 7.0), numpy.full(shape, 7.0)
+    g = data(shape, dtype, seed=1)
+    ops.rmsprop_update(p_got, g, s_got, 1e-2, buf=buf, grad_avg=grad_avg)
+    REF.rmsprop_update(p_want, g, s_want, 1e-2)
+    numpy.testing.assert_allclose(p_got, p_want, **tol(dtype))
+    assert (buf == 7.0).all() and (grad_avg == 7.0).all()
+
+
 # ---------------------------------------------------------------- dropout
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -381,6 +446,16 @@ def test_wrappers_reject_bad_arguments(ops):
         ops.sgd_update(Z, Z, None, 0.1, momentum=0.9)
     with pytest.raises(TypeError, match="m must have the dtype of param"):
         ops.adam_update(Z, Z, Z.astype(numpy.float64), Z, 1, 1e-3)
+    with pytest.raises(ValueError, match="step is the 1-based count"):
+        ops.adamw_update(Z, Z, Z.copy(), Z.copy(), 0, 1e-3)
+    with pytest.raises(ValueError, match="buf is None but momentum=0.9"):
+        ops.rmsprop_update(Z, Z, Z.copy(), 1e-3, momentum=0.9)
+    with pytest.raises(ValueError, match="grad_avg is None but centered=True"):
+        ops.rmsprop_update(Z, Z, Z.copy(), 1e-3, centered=True)
+    with pytest.raises(ValueError, match=r"square_avg must have the shape of param \(5, 4\)"):
+        ops.rmsprop_update(Z, Z, Z[:3].copy(), 1e-3)
+    with pytest.raises(TypeError, match="state_sum must have the dtype of param"):
+        ops.adagrad_update(Z, Z, Z.astype(numpy.float64), 1, 1e-2)
     with pytest.raises(ValueError, match="dropout rate p"):
         ops.dropout(Z, 1.0, numpy.random.default_rng(0))
 
@@ -397,6 +472,9 @@ def test_every_kernel_is_launched(shim, dtype):
         ops.softmax_cross_entropy(X, labels)
     ops.sgd_update(X.copy(), X, numpy.zeros_like(X), 0.1, momentum=0.9)
     ops.adam_update(X.copy(), X, numpy.zeros_like(X), numpy.zeros_like(X), 1, 1e-3)
+    ops.adamw_update(X.copy(), X, numpy.zeros_like(X), numpy.zeros_like(X), 1, 1e-3)
+    ops.rmsprop_update(X.copy(), X, numpy.zeros_like(X), 1e-3)
+    ops.adagrad_update(X.copy(), X, numpy.zeros_like(X), 1, 1e-2)
     ops.dropout(X, 0.5, numpy.random.default_rng(0))
     ctype = FLOAT_CTYPES[numpy.dtype(dtype)]
     want = {e for e in name_expressions() if e.split("<")[1].startswith(ctype)}

@@ -29,7 +29,7 @@ from .._compat import array_library, is_cupy_array
 KERNEL_FILE = "scratchnet_kernels.cu"
 #: Kernels templated on the float type T.
 KERNELS_T = ("bias_act", "act_backward", "act_backward_bias", "column_sum",
-             "sgd_momentum", "adam", "dropout")
+             "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad", "dropout")
 #: Kernels templated on the float type T and the label type L.
 KERNELS_TL = ("softmax_xent_rows", "softmax_xent_grad")
 
@@ -496,3 +496,55 @@ class CupyOps(Ops):
                          (param, grad, m, v, numpy.int64(param.size), T(step_size),
                           T(beta1), T(1 - beta1), T(beta2), T(1 - beta2), T(bc2_sqrt),
                           T(eps), T(weight_decay)))
+
+    def adamw_update(self, param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=1e-2):
+        if not self._fused(param):
+            return super().adamw_update(param, grad, m, v, step, lr, beta1, beta2, eps,
+                                        weight_decay)
+        if step < 1:
+            raise ValueError(f"step is the 1-based count after this update, got {step}")
+        self._check_state(param, grad=grad, m=m, v=v)
+        if param.size:
+            T = param.dtype.type
+            self._launch(f"adamw<{FLOAT_CTYPES[param.dtype]}>", param.size,
+                         (param, grad, m, v, numpy.int64(param.size),
+                          T(1 - lr * weight_decay), T(lr / (1 - beta1 ** step)), T(beta1),
+                          T(1 - beta1), T(beta2), T(1 - beta2),
+                          T(math.sqrt(1 - beta2 ** step)), T(eps)))
+
+    def rmsprop_update(self, param, grad, square_avg, lr, alpha=0.99, eps=1e-8,
+                       weight_decay=0.0, momentum=0.0, buf=None, centered=False,
+                       grad_avg=None):
+        if not self._fused(param):
+            return super().rmsprop_update(param, grad, square_avg, lr, alpha, eps,
+                                          weight_decay, momentum, buf, centered, grad_avg)
+        if momentum > 0 and buf is None:
+            raise ValueError(f"buf is None but momentum={momentum}")
+        if centered and grad_avg is None:
+            raise ValueError("grad_avg is None but centered=True")
+        # The kernel reads "null" as "not used": pass only the arrays in use.
+        buf = buf if momentum > 0 else None
+        grad_avg = grad_avg if centered else None
+        used = {"grad": grad, "square_avg": square_avg, "buf": buf, "grad_avg": grad_avg}
+        self._check_state(param, **{k: a for k, a in used.items() if a is not None})
+        if param.size:
+            T = param.dtype.type
+            self._launch(f"rmsprop<{FLOAT_CTYPES[param.dtype]}>", param.size,
+                         (param, grad, square_avg, grad_avg, buf, numpy.int64(param.size),
+                          T(lr), T(alpha), T(1 - alpha), T(eps), T(weight_decay),
+                          T(momentum)))
+
+    def adagrad_update(self, param, grad, state_sum, step, lr, lr_decay=0.0,
+                       weight_decay=0.0, eps=1e-10):
+        if not self._fused(param):
+            return super().adagrad_update(param, grad, state_sum, step, lr, lr_decay,
+                                          weight_decay, eps)
+        if step < 1:
+            raise ValueError(f"step is the 1-based count after this update, got {step}")
+        self._check_state(param, grad=grad, state_sum=state_sum)
+        if param.size:
+            T = param.dtype.type
+            self._launch(f"adagrad<{FLOAT_CTYPES[param.dtype]}>", param.size,
+                         (param, grad, state_sum, numpy.int64(param.size),
+                          T(lr / (1 + (step - 1) * lr_decay)), T(eps), T(weight_decay)))
