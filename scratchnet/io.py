@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy
@@ -34,21 +33,10 @@ def save_model(model, path):
             for k in opt.state_names:
                 arrays[f"opt:{p}:{k}"] = model.ops.to_host(st[k])
     blob = numpy.frombuffer(json.dumps(config).encode("utf-8"), dtype=numpy.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".scratchnet-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, __config__=blob, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)    # mkstemp makes 0600; a saved model is a normal file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # A temporary file renamed over ``path`` when complete: a failed or killed
+    # save leaves the previous file intact (see scratchnet._atomic).
+    from ._atomic import atomic_write
+    atomic_write(path, lambda f: numpy.savez(f, __config__=blob, **arrays))
 
 
 def load(path, backend=None):
