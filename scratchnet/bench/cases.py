@@ -45,7 +45,7 @@ FASHION_TRAIN = 60_000
 
 #: The fused primitives of the backend seam (``scratchnet.backends.base.Ops``).
 FUSED_OPS = ("bias_act", "act_backward_bias", "softmax_cross_entropy", "sgd_update",
-             "adam_update", "dropout")
+             "adam_update", "adamw_update", "rmsprop_update", "adagrad_update", "dropout")
 #: Nominal shapes of the fused cases: the MLP's activations at batch 128, and a big one.
 FUSED_SHAPES = ((128, 256), (128, 128), (128, 10), (4096, 1000))
 #: Learning rates of the end-to-end optimizers (the anchors' settings).
@@ -413,6 +413,15 @@ def fused_pair(op, ops, shape, seed=0):
     elif op == "adam_update":
         host = {"param": normal(n, m, scale=0.05), "grad": normal(n, m, scale=0.01),
                 "m": normal(n, m, scale=0.01), "v": numpy.abs(normal(n, m, scale=1e-4))}
+    elif op == "adamw_update":
+        host = {"param": normal(n, m, scale=0.05), "grad": normal(n, m, scale=0.01),
+                "m": normal(n, m, scale=0.01), "v": numpy.abs(normal(n, m, scale=1e-4))}
+    elif op == "rmsprop_update":
+        host = {"param": normal(n, m, scale=0.05), "grad": normal(n, m, scale=0.01),
+                "square_avg": numpy.abs(normal(n, m, scale=1e-4))}
+    elif op == "adagrad_update":
+        host = {"param": normal(n, m, scale=0.05), "grad": normal(n, m, scale=0.01),
+                "state_sum": numpy.abs(normal(n, m, scale=1e-3))}
     else:  # dropout
         host = {"X": normal(n, m)}
 
@@ -448,6 +457,21 @@ def fused_pair(op, ops, shape, seed=0):
                 call(a["param"], a["grad"], a["m"], a["v"], 10, 1e-3)
                 ops.synchronize()
                 return a["param"], a["m"], a["v"]
+        elif op == "adamw_update":
+            def run():
+                call(a["param"], a["grad"], a["m"], a["v"], 10, 1e-3)  # weight decay 1e-2
+                ops.synchronize()
+                return a["param"], a["m"], a["v"]
+        elif op == "rmsprop_update":
+            def run():
+                call(a["param"], a["grad"], a["square_avg"], 1e-3)  # PyTorch's defaults
+                ops.synchronize()
+                return a["param"], a["square_avg"]
+        elif op == "adagrad_update":
+            def run():
+                call(a["param"], a["grad"], a["state_sum"], 10, 1e-2)
+                ops.synchronize()
+                return a["param"], a["state_sum"]
         else:
             drng = ops.make_rng(seed)
 
