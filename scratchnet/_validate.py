@@ -36,22 +36,124 @@ def check_backend_of(x, ops, name="X"):
 
 
 def as_host_numeric(x, name="X"):
-    """A NumPy array from ``x`` (list, array), refusing non-numeric data."""
+    """A NumPy array from ``x`` (list, array, pandas DataFrame or Series),
+    refusing non-numeric data: the message names the first bad value and
+    where it is (``X[3, 1]``; a DataFrame's column by its name)."""
     if is_cupy_array(x):
         return x
+    if _is_frame(x):
+        return _frame_as_numeric(x, name)
     try:
         arr = numpy.asarray(x)
     except (ValueError, TypeError) as err:
         raise TypeError(f"{name} could not be turned into a numeric array: {err}") from None
-    if arr.dtype.kind not in "biuf":
-        if arr.dtype.kind == "O":
-            try:
-                return arr.astype(numpy.float64)
-            except (ValueError, TypeError):
-                pass
-        raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype} "
-                        f"(e.g. {arr.reshape(-1)[:1].tolist()!r})")
-    return arr
+    if arr.dtype.kind in "biuf":
+        return arr
+    if arr.dtype.kind == "O":
+        try:
+            return arr.astype(numpy.float64)     # numbers held as objects (Decimal, int, ...)
+        except (ValueError, TypeError):
+            index, value = _first_non_number(arr)
+            raise TypeError(f"{name} must be numeric, but {name}{_at(index)} is "
+                            f"{_show(value)}") from None
+    if arr.dtype.kind in "US":
+        # One string in a list turns every element into a string: look for it
+        # among the original elements, which still tell numbers from text.
+        index, value = _first_string(_as_objects(x, arr))
+        raise TypeError(f"{name} must be numeric, but {name}{_at(index)} is {_show(value)}"
+                        + (f" (an array of strings, dtype {arr.dtype}: numbers written as "
+                           f"text need {name}.astype(float))" if not isinstance(x, (list, tuple))
+                           else ""))
+    raise TypeError(f"{name} must be numeric (integers or floats), got an array of dtype "
+                    f"{arr.dtype}")
+
+
+def _is_frame(x):
+    """A pandas DataFrame or anything shaped like one (columns, dtypes, to_numpy)."""
+    return (not isinstance(x, numpy.ndarray) and hasattr(x, "columns")
+            and hasattr(x, "dtypes") and hasattr(x, "to_numpy"))
+
+
+def _frame_as_numeric(frame, name):
+    """A DataFrame's values as numbers, or a TypeError naming the first
+    non-numeric column and the first bad value in it."""
+    columns, dtypes = list(frame.columns), list(frame.dtypes)
+    values = numpy.asarray(frame.to_numpy())
+    if values.dtype.kind in "biuf":
+        return values
+    if values.ndim == 2 and values.shape[1] == len(columns):
+        cells = values.astype(object) if values.dtype.kind in "US" else values
+        for j, (column, dtype) in enumerate(zip(columns, dtypes)):
+            if isinstance(dtype, numpy.dtype) and dtype.kind in "biuf":
+                continue      # (pandas' nullable Int64 and the like may hold <NA>: checked)
+            found = _first_non_number(cells[:, j])
+            if found is not None:
+                (row,), value = found
+                fix = ("fill or drop the missing values" if _is_missing(value) else
+                       "convert the column to numbers (e.g. one-hot encode it) or drop it")
+                raise TypeError(f"{name} column {column!r} (dtype {dtype}) is not numeric: "
+                                f"row {row} holds {_show(value)}; {fix}")
+    return as_host_numeric(values, name)
+
+
+def _as_objects(x, arr):
+    """The elements of ``x`` as an object array of ``arr``'s shape, without the
+    conversion to text that ``numpy.asarray`` applied."""
+    if isinstance(x, (list, tuple)):
+        try:
+            objects = numpy.array(x, dtype=object)
+            if objects.shape == arr.shape:
+                return objects
+        except (ValueError, TypeError):
+            pass
+    return arr.astype(object)
+
+
+def _is_number(value):
+    """What ``astype(float64)`` accepts: numbers, and text such as '1.5'."""
+    if isinstance(value, numbers.Real):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _first_non_number(cells):
+    """(index, value) of the first element of an object array that is not a
+    number, or None."""
+    for index, value in numpy.ndenumerate(cells):
+        if not _is_number(value):
+            return index, value
+    return None
+
+
+def _first_string(cells):
+    for index, value in numpy.ndenumerate(cells):
+        if isinstance(value, (str, bytes)):
+            return index, value
+    return next(numpy.ndenumerate(cells))
+
+
+def _at(index):
+    return "[" + ", ".join(str(i) for i in index) + "]"
+
+
+def _show(value):
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if isinstance(value, str):
+        return f"the string {text}"
+    if _is_missing(value):
+        return f"{text} (a missing value)"
+    return f"{text} ({type(value).__name__})"
+
+
+def _is_missing(value):
+    """None, or pandas' missing-value markers (pd.NA, pd.NaT)."""
+    return value is None or type(value).__name__ in ("NAType", "NaTType")
 
 
 def check_features(x, ops, n_features=None, name="X"):
