@@ -420,12 +420,14 @@ def adamw_update(param, grad, m, v, decay, step_size, beta1, beta2, one_minus_be
 
 @jit
 def rmsprop_update(param, grad, square_avg, grad_avg, buf, lr, alpha, one_minus_alpha, eps,
-                   weight_decay, momentum, use_momentum, centered):
+                   weight_decay, momentum):
     """One RMSprop step in place on flat (P,) arrays (the base class's operations, in order).
 
-    grad_avg is only touched when centered, buf only when use_momentum
-    (pass any (P,) array otherwise); the flags are decided by the caller so
-    that they mean what the base class's Python tests mean.
+    grad_avg is None unless centered, buf None unless momentum > 0. Numba
+    compiles one version per combination and prunes the ``is None`` branches
+    from each: with the branches left in the loop (boolean flags) the stores
+    they guard stopped LLVM vectorising it (4096x1000 float32, plain RMSprop:
+    8.3 ms against 1.2 ms).
     """
     t = param.dtype.type
     lr, alpha, one_minus_alpha, eps = t(lr), t(alpha), t(one_minus_alpha), t(eps)
@@ -436,13 +438,13 @@ def rmsprop_update(param, grad, square_avg, grad_avg, buf, lr, alpha, one_minus_
             g = g + weight_decay * param[k]
         s = alpha * square_avg[k] + one_minus_alpha * (g * g)
         square_avg[k] = s
-        if centered:
+        if grad_avg is not None:
             a = alpha * grad_avg[k] + one_minus_alpha * g
             grad_avg[k] = a
             avg = np.sqrt(s - a * a) + eps
         else:
             avg = np.sqrt(s) + eps
-        if use_momentum:
+        if buf is not None:
             b = momentum * buf[k] + g / avg
             buf[k] = b
             param[k] -= lr * b

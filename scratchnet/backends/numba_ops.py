@@ -295,12 +295,11 @@ class NumbaOps(Ops):
             return super().rmsprop_update(param, grad, square_avg, lr, alpha, eps,
                                           weight_decay, momentum, buf, centered, grad_avg)
         grad = numpy.ascontiguousarray(grad).reshape(-1)
-        none = self._none(param.dtype)
+        # None for unused state: the kernel is compiled without that branch.
         self._run("rmsprop_update", param.dtype, param.reshape(-1), grad,
-                  square_avg.reshape(-1), grad_avg.reshape(-1) if centered else none,
-                  buf.reshape(-1) if use_momentum else none, float(lr), float(alpha),
-                  float(1 - alpha), float(eps), float(weight_decay), float(momentum),
-                  use_momentum, centered)
+                  square_avg.reshape(-1), grad_avg.reshape(-1) if centered else None,
+                  buf.reshape(-1) if use_momentum else None, float(lr), float(alpha),
+                  float(1 - alpha), float(eps), float(weight_decay), float(momentum))
 
     def adagrad_update(self, param, grad, state_sum, step, lr, lr_decay=0.0,
                        weight_decay=0.0, eps=1e-10):
@@ -350,10 +349,11 @@ class NumbaOps(Ops):
         self.sgd_update(Z.copy(), Z, numpy.zeros_like(Z), 0.1, momentum=0.9)
         self.adam_update(Z.copy(), Z, numpy.zeros_like(Z), numpy.zeros_like(Z), 1, 0.1)
         self.adamw_update(Z.copy(), Z, numpy.zeros_like(Z), numpy.zeros_like(Z), 1, 0.1)
-        # buf and grad_avg given: their absent stand-in has the same numba type.
-        self.rmsprop_update(Z.copy(), Z, numpy.zeros_like(Z), 0.1, momentum=0.9,
-                            buf=numpy.zeros_like(Z), centered=True,
-                            grad_avg=numpy.zeros_like(Z))
+        # One rmsprop kernel per (momentum, centered) combination.
+        for momentum, centered in ((0.0, False), (0.9, False), (0.0, True), (0.9, True)):
+            self.rmsprop_update(Z.copy(), Z, numpy.zeros_like(Z), 0.1, momentum=momentum,
+                                buf=numpy.zeros_like(Z), centered=centered,
+                                grad_avg=numpy.zeros_like(Z))
         self.adagrad_update(Z.copy(), Z, numpy.zeros_like(Z), 1, 0.1)
         self.dropout(Z, 0.5, rng)
         return time.perf_counter() - start
