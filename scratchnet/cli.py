@@ -8,6 +8,7 @@ diverging run) print one line and exit with status 2 -- no traceback
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import re
@@ -18,6 +19,8 @@ import numpy
 
 from . import __version__
 from . import layers as L
+from ._atomic import check_file_target, check_folder_target
+from ._progress import plural
 from .backends import BackendUnavailableError, backend_status, get_ops
 from .datasets import DatasetNotFoundError
 
@@ -33,6 +36,9 @@ DEFAULTS = {
     "mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128"},
 }
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3}
+DEFAULT_MOMENTUM = 0.9
+#: Options that only some optimizers take: giving one to another optimizer is an error.
+OPTION_APPLIES_TO = {"momentum": ("momentum", "nesterov")}
 
 
 class UsageError(Exception):
@@ -52,14 +58,21 @@ def build_parser():
 
     t = sub.add_parser("train", help="train an MLP and report test accuracy")
     _add_data_and_model_options(t)
-    t.add_argument("--mode", choices=("minibatch", "per_sample", "full_batch"), default="minibatch")
-    t.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adam")
+    t.add_argument("--mode", choices=("minibatch", "per_sample", "full_batch"), default="minibatch",
+                   help="backprop on the whole batch, one sample at a time, or one step per "
+                        "epoch (default: %(default)s)")
+    t.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adam",
+                   help="(default: %(default)s)")
     t.add_argument("--lr", type=float, help="learning rate (default: 1e-3 adam, 0.1 sgd, "
                                             "0.05 momentum/nesterov)")
-    t.add_argument("--momentum", type=float, default=0.9, help="for momentum/nesterov")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    # None, not 0.9: an explicit --momentum with an optimizer that has none is an error
+    t.add_argument("--momentum", type=float, default=None,
+                   help=f"for {'/'.join(OPTION_APPLIES_TO['momentum'])} only "
+                        f"(default: {DEFAULT_MOMENTUM})")
+    t.add_argument("--weight-decay", type=float, default=0.0,
+                   help="L2 weight decay (default: %(default)s)")
     t.add_argument("--schedule", choices=("constant", "cosine", "step"), default="constant",
-                   help="learning-rate schedule over the epochs")
+                   help="learning-rate schedule over the epochs (default: %(default)s)")
     t.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
     t.add_argument("--diagnostics", metavar="DIR",
                    help="record per-layer statistics; write plots and a summary to DIR")
@@ -68,9 +81,11 @@ def build_parser():
     c = sub.add_parser("compare", help="train one model with several optimizers, same start")
     _add_data_and_model_options(c)
     c.add_argument("--optimizers", default="sgd,momentum,adam",
-                   help=f"comma-separated, from {','.join(OPTIMIZER_NAMES)}")
+                   help=f"comma-separated, from {','.join(OPTIMIZER_NAMES)} "
+                        f"(default: %(default)s)")
     c.add_argument("--lr", type=float, help="one learning rate for all (default: each its own)")
     c.add_argument("--out", metavar="DIR", help="write comparison.png and comparison.md here")
+    c.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     sub.add_parser("info", help="version, backends and why any cannot run, compile times")
     b = sub.add_parser("bench", help="run the benchmark suite (see scratchnet bench --help)",
@@ -79,23 +94,38 @@ def build_parser():
     return p
 
 
+def _per_dataset(key):
+    """'30 for digits, 10 for fashion-mnist and mnist': a default that depends on --dataset."""
+    groups = {}
+    for dataset, values in DEFAULTS.items():
+        groups.setdefault(values[key], []).append(dataset)
+    return ", ".join(f"{value} for {' and '.join(names)}" for value, names in groups.items())
+
+
 def _add_data_and_model_options(p):
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="(default: %(default)s)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files")
     p.add_argument("--download", action="store_true", help="download the data if missing")
     p.add_argument("--backend", default="auto", help="numpy, numba, cupy or auto (default)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--hidden", help="hidden layer sizes, e.g. 256,128")
-    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int, help=f"(default: {_per_dataset('epochs')})")
+    p.add_argument("--batch-size", type=int, help=f"(default: {_per_dataset('batch_size')})")
+    p.add_argument("--hidden", help=f"hidden layer sizes, e.g. 256,128 "
+                                    f"(default: {_per_dataset('hidden')})")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
+                   help="(default: %(default)s)")
     p.add_argument("--init", choices=("he", "xavier", "normal"), default=None,
                    help="weight init (default: he for relu-like, xavier otherwise)")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout after each hidden layer (default: %(default)s)")
     p.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Dense")
     p.add_argument("--val-split", type=float, default=0.1,
-                   help="fraction of the training set held out for validation (0: none)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="fraction of the training set held out for validation, 0 for none "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="weights, data order, dropout and the validation split "
+                        "(default: %(default)s)")
 
 
 # -- building blocks shared by train and compare ------------------------------
@@ -110,23 +140,44 @@ def load_data(args):
 
 
 def split_validation(X, y, fraction, seed):
-    """Hold out ``fraction`` of (X, y), chosen with ``seed``; returns train, val."""
+    """Hold out ``fraction`` of (X, y), chosen with ``seed``; returns train, val.
+    A fraction that leaves no sample on either side is a UsageError."""
     if not 0 <= fraction < 1:
         raise UsageError(f"--val-split must be in [0, 1), got {fraction}")
     if fraction == 0:
         return (X, y), None
-    order = numpy.random.default_rng(seed).permutation(len(X))
-    n_val = max(1, int(round(len(X) * fraction)))
+    n = len(X)
+    n_val = int(round(n * fraction))
+    if n_val == 0 or n_val == n:
+        raise UsageError(
+            f"--val-split {fraction:g} of {n} samples leaves {n - n_val} for training and "
+            f"{n_val} for validation; choose a fraction that leaves some for both "
+            f"(or 0 for no validation)")
+    order = numpy.random.default_rng(seed).permutation(n)
     val, tr = order[:n_val], order[n_val:]
     return (X[tr], y[tr]), (X[val], y[val])
 
 
+def parse_hidden(text):
+    """'256,128' -> [256, 128]; every size a positive integer, none missing."""
+    parts = text.split(",")
+    sizes = []
+    for part in parts:
+        try:
+            size = int(part.strip())
+        except ValueError:
+            size = None
+        if size is None or size <= 0:
+            what = "an empty size" if not part.strip() else f"{part.strip()!r}"
+            raise UsageError(f"--hidden must be comma-separated integers > 0 such as 256,128; "
+                             f"got {text!r} ({what})")
+        sizes.append(size)
+    return sizes
+
+
 def build_model(args, n_in, n_out, backend):
     from .model import Sequential
-    try:
-        hidden = [int(h) for h in (args.hidden or DEFAULTS[args.dataset]["hidden"]).split(",") if h]
-    except ValueError:
-        raise UsageError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
+    hidden = parse_hidden(DEFAULTS[args.dataset]["hidden"] if args.hidden is None else args.hidden)
     init = args.init or ("he" if args.activation in ("relu", "leaky_relu") else "xavier")
     layers, n = [], n_in
     for h in hidden:
@@ -149,6 +200,37 @@ def make_optimizer(name, lr=None, momentum=0.9, weight_decay=0.0):
     if name == "sgd":
         return SGD(lr=lr, weight_decay=weight_decay)
     return SGD(lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=weight_decay)
+
+
+def check_arguments(args):
+    """Every check that needs no data, run before anything is loaded or trained:
+    a run must not fail at its end on an option it could have refused at once."""
+    for opt in ("epochs", "batch_size"):
+        value = getattr(args, opt, None)
+        if value is not None and (value < 0 or (opt == "batch_size" and value == 0)):
+            raise UsageError(f"--{opt.replace('_', '-')} must be "
+                             f"{'positive' if opt == 'batch_size' else '>= 0'}, got {value}")
+    if getattr(args, "val_split", None) is not None and not 0 <= args.val_split < 1:
+        raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
+    if getattr(args, "hidden", None) is not None:
+        parse_hidden(args.hidden)
+    optimizer = getattr(args, "optimizer", None)
+    for option, optimizers in OPTION_APPLIES_TO.items():
+        if getattr(args, option, None) is not None and optimizer not in optimizers:
+            raise UsageError(f"--{option} applies to --optimizer {' or '.join(optimizers)}, "
+                             f"not {optimizer}")
+    outputs = {"save": "file", "diagnostics": "folder", "out": "folder"}
+    for option, kind in outputs.items():
+        path = getattr(args, option, None)
+        if path is None:
+            continue
+        try:
+            (check_file_target if kind == "file" else check_folder_target)(path)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--{option}: {err}") from None
+        if option in ("diagnostics", "out") and importlib.util.find_spec("matplotlib") is None:
+            raise UsageError(f"--{option} writes plots, which need matplotlib: "
+                             f"pip install scratchnet[plot]")
 
 
 def _resolve(args):
@@ -177,7 +259,8 @@ def cmd_train(args, out=print):
     from .losses import SoftmaxCrossEntropy
     ops, (Xtr, ytr), val, (Xte, yte), n_classes = _prepare(args, out)
     model = build_model(args, Xtr.shape[1], n_classes, ops)
-    opt = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
+    momentum = DEFAULT_MOMENTUM if args.momentum is None else args.momentum
+    opt = make_optimizer(args.optimizer, args.lr, momentum, args.weight_decay)
     schedule = None
     if args.schedule == "cosine":
         schedule = schedules.cosine(opt.lr, max(args.epochs, 1))
@@ -185,8 +268,8 @@ def cmd_train(args, out=print):
         schedule = schedules.step(opt.lr, 0.1, max(1, args.epochs // 3))
     if not args.quiet:
         out(model.summary())
-        out(f"optimizer {opt!r}, schedule {args.schedule}, {args.epochs} epochs, batch size "
-            f"{args.batch_size}, mode {args.mode}")
+        out(f"optimizer {opt!r}, schedule {args.schedule}, {plural(args.epochs, 'epoch')}, "
+            f"batch size {args.batch_size}, mode {args.mode}")
     loss = SoftmaxCrossEntropy()
     t0 = time.perf_counter()
     hist = model.fit(Xtr, ytr, loss=loss, optimizer=opt, epochs=args.epochs,
@@ -196,7 +279,7 @@ def cmd_train(args, out=print):
     seconds = time.perf_counter() - t0
     test = model.evaluate(Xte, yte, loss=loss)
     out(f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
-        f"({args.epochs} epochs in {seconds:.1f} s on {ops.name})")
+        f"({plural(args.epochs, 'epoch')} in {seconds:.1f} s on {ops.name})")
     if args.diagnostics:
         diag = hist.diagnostics
         out(diag.summary())
@@ -220,7 +303,7 @@ def cmd_compare(args, out=print):
     model = build_model(args, Xtr.shape[1], n_classes, ops)
     results = compare_optimizers(model, Xtr, ytr, optimizers=names, epochs=args.epochs,
                                  batch_size=args.batch_size, validation_data=val, lr=args.lr,
-                                 seed=args.seed)
+                                 seed=args.seed, progress=not args.quiet)
     out(results.table())
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -240,7 +323,7 @@ def cmd_info(args, out=print):
         for lib in threadpool_info():
             if lib.get("user_api") == "blas":
                 out(f"BLAS: {lib.get('internal_api')} {lib.get('version')} "
-                    f"({lib.get('num_threads')} threads)")
+                    f"({plural(lib.get('num_threads'), 'thread')})")
     except ImportError:
         pass
     out("backends:")
@@ -263,13 +346,9 @@ def main(argv=None):
             from .bench import main as bench_main
             return bench_main(argv[1:])
         args = parser.parse_args(argv)
-        for opt in ("epochs", "batch_size"):
-            value = getattr(args, opt, None)
-            if value is not None and (value < 0 or (opt == "batch_size" and value == 0)):
-                raise UsageError(f"--{opt.replace('_', '-')} must be "
-                                 f"{'positive' if opt == 'batch_size' else '>= 0'}, got {value}")
+        check_arguments(args)
         return {"train": cmd_train, "compare": cmd_compare, "info": cmd_info}[args.command](args)
-    except (UsageError, BackendUnavailableError, DatasetNotFoundError, FileNotFoundError,
+    except (UsageError, BackendUnavailableError, DatasetNotFoundError, OSError,
             ValueError, TypeError, FloatingPointError, ImportError) as err:
         if os.environ.get("SCRATCHNET_DEBUG"):
             raise

@@ -25,11 +25,11 @@ Presets (``lr=`` replaces the learning rate of every optimizer compared):
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy
 
+from ._progress import Progress
 from ._validate import check_number
 from .model import Sequential
 from .optimizers import SGD, Adam, Optimizer
@@ -165,7 +165,9 @@ def compare_optimizers(model, X, y, optimizers=("sgd", "momentum", "adam"), epoc
     lr: replaces every optimizer's learning rate when given.
     seed: mini-batch order and dropout masks, the same for every optimizer
     (None: the model's seed, else 0).
-    epochs, batch_size, validation_data, loss, progress: as in ``fit``.
+    epochs, batch_size, validation_data, loss: as in ``fit``.
+    progress: report each optimizer's epochs on stderr (a bar on a terminal,
+    one line per epoch in a log or a pipe).
     """
     if isinstance(optimizers, str):
         optimizers = [s for s in optimizers.split(",") if s.strip()]
@@ -179,28 +181,61 @@ def compare_optimizers(model, X, y, optimizers=("sgd", "momentum", "adam"), epoc
     if seed is None:
         seed = base.seed if base.seed is not None else 0
     runs, seen = {}, {}
-    for label, opt in specs:
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:
-            label = f"{label}-{seen[label]}"
-        if progress:
-            sys.stderr.write(f"{label} ({_settings(opt)})\n")
-        m = base.copy(seed=seed)
-        initial = m.evaluate(X, y, loss)["loss"]
-        t = time.perf_counter()
-        history = m.fit(X, y, loss=loss, optimizer=opt, epochs=epochs, batch_size=batch_size,
-                        validation_data=validation_data, progress=progress)
-        m.ops.synchronize()
-        runs[label] = {"optimizer": opt, "settings": _settings(opt), "history": history,
-                       "model": m, "time": time.perf_counter() - t, "initial_loss": initial}
+    with Progress(len(specs) * epochs, unit="epoch", enabled=bool(progress)) as bar:
+        for label, opt in specs:
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] > 1:
+                label = f"{label}-{seen[label]}"
+            bar.set_description(label)
+            bar.note(f"{label} ({_settings(opt)})")
+            m = base.copy(seed=seed)
+            initial = m.evaluate(X, y, loss)["loss"]
+            t = time.perf_counter()
+            history = m.fit(X, y, loss=loss, optimizer=opt, epochs=epochs, batch_size=batch_size,
+                            validation_data=validation_data,
+                            callbacks=[_EpochReport(bar, label, epochs)])
+            m.ops.synchronize()
+            runs[label] = {"optimizer": opt, "settings": _settings(opt), "history": history,
+                           "model": m, "time": time.perf_counter() - t, "initial_loss": initial}
     return Comparison(runs, epochs)
 
 
+class _EpochReport:
+    """A ``fit`` callback: one progress step per epoch, with its numbers."""
+
+    def __init__(self, bar, label, epochs):
+        self.bar, self.label, self.epochs = bar, label, epochs
+
+    def on_epoch_end(self, model, epoch, logs):
+        numbers = ", ".join(f"{k} {logs[k]:.4f}" for k in
+                            ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs)
+        self.bar.update(1, line=f"{self.label} epoch {epoch + 1}/{self.epochs}: {numbers}",
+                        postfix=numbers)
+
+
 def plot_comparison(results, path):
-    """Write a PNG to ``path``: training loss (left) and validation accuracy
-    (right; training accuracy when there is no validation data) per epoch, one
-    line per optimizer. ``results``: a ``Comparison`` or ``{label: History}``.
-    Returns ``path``. Needs matplotlib (``pip install scratchnet[plot]``)."""
+    """Write a PNG to ``path``: training loss (left, log scale, so that late
+    differences show) and validation accuracy (right; training accuracy when
+    there is no validation data) per epoch, one colour per optimizer, with
+    one legend below both panels. ``results``: a ``Comparison`` or
+    ``{label: History}``. Returns ``path``. Needs matplotlib (``pip install
+    scratchnet[plot]``)."""
+    comparison_figure(results).savefig(path, dpi=100)
+    return path
+
+
+def _plain_log_ticks(axis, ratio):
+    """Plain numbers (0.2, 0.5, 1) on a log axis, enough of them to read a
+    range narrower than a power of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    subs = (1.0, 2.0, 5.0) if ratio > 10 else tuple(float(k) for k in range(1, 10))
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def comparison_figure(results):
+    """The matplotlib ``Figure`` that ``plot_comparison`` writes."""
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
@@ -209,25 +244,37 @@ def plot_comparison(results, path):
     histories = results.histories if isinstance(results, Comparison) else dict(results)
     has_val = all(h.history.get("val_accuracy") for h in histories.values())
     acc_key = "val_accuracy" if has_val else "accuracy"
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.6))
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    losses = []
     for label, h in histories.items():
         epochs = numpy.arange(1, len(h.epoch) + 1)
-        line, = ax_loss.plot(epochs, h.history.get("loss", []), marker="o", ms=3, label=label)
+        loss = h.history.get("loss", [])
+        losses.extend(loss)
+        line, = ax_loss.plot(epochs, loss, marker="o", ms=3, label=label)
         if h.history.get(acc_key):
             ax_acc.plot(epochs, h.history[acc_key], marker="o", ms=3, color=line.get_color(),
                         label=label)
+    # A log axis needs positive values (a loss can be 0, e.g. MSE on exact targets).
+    if losses and all(x > 0 for x in losses):
+        ax_loss.set_yscale("log")
+        _plain_log_ticks(ax_loss.yaxis, max(losses) / min(losses))
+        ax_loss.set_ylabel("loss (log scale)")
+    else:
+        ax_loss.set_ylabel("loss")
     ax_loss.set_title("Training loss")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
     ax_acc.set_title("Validation accuracy" if has_val else "Training accuracy")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+        ax.grid(alpha=0.15, which="minor")
+    handles, labels = ax_loss.get_legend_handles_labels()
+    if handles:
+        # below both panels: the colours are the same in each, and no curve is covered
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6),
+                   frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
+    return fig
