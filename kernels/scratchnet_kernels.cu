@@ -13,18 +13,13 @@
 //     outputs: no shared memory, no __syncthreads, no warp shuffles, no
 //     atomics. Any grid size is then correct, and a serial loop over
 //     (block, thread) computes exactly what the GPU computes;
-//   * no #include: NVRTC has no host headers. Math goes through the sn_*
-//     overloads below (expf/exp, ...), which NVRTC, nvcc and libm all know;
+//   * no host headers (NVRTC has none). Math goes through the sn_*
+//     overloads below (expf/exp, ...), which NVRTC, nvcc and libm all know.
+//     The one #include is activations.cuh, generated from the activation
+//     table (scratchnet/activations.py); cupy_ops inlines it when loading;
 //   * element indices are 64-bit, row/column counts are int.
 //
 // Layout: arrays are C-contiguous and batch-major, Z[r, c] at r * n_cols + c.
-// Activation codes (ACT_*) follow scratchnet.backends.base.ACTIVATIONS.
-
-#define SN_ACT_IDENTITY 0
-#define SN_ACT_RELU 1
-#define SN_ACT_LEAKY_RELU 2
-#define SN_ACT_SIGMOID 3
-#define SN_ACT_TANH 4
 
 // Grid-stride loop over [0, n): correct for any grid and block size.
 #define SN_GRID_STRIDE(i, n)                                                   \
@@ -36,6 +31,8 @@ __device__ __forceinline__ float sn_exp(float x) { return expf(x); }
 __device__ __forceinline__ double sn_exp(double x) { return exp(x); }
 __device__ __forceinline__ float sn_log(float x) { return logf(x); }
 __device__ __forceinline__ double sn_log(double x) { return log(x); }
+__device__ __forceinline__ float sn_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double sn_log1p(double x) { return log1p(x); }
 __device__ __forceinline__ float sn_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double sn_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float sn_sqrt(float x) { return sqrtf(x); }
@@ -56,42 +53,9 @@ __device__ __forceinline__ void sn_divmod(long long i, int d, long long& q, int&
     }
 }
 
-// f(z) for one activation code. Sigmoid evaluates exp only at -|z| <= 0, so
-// it neither overflows nor loses the small tail for large |z|.
-template <typename T>
-__device__ __forceinline__ T sn_activate(T z, int act, T alpha) {
-    switch (act) {
-    case SN_ACT_RELU:
-        return z < T(0) ? T(0) : z;  // NaN passes through, like numpy.maximum
-    case SN_ACT_LEAKY_RELU:
-        return z > T(0) ? z : z * alpha;
-    case SN_ACT_SIGMOID: {
-        T e = sn_exp(-sn_abs(z));
-        return z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-    }
-    case SN_ACT_TANH:
-        return sn_tanh(z);
-    default:
-        return z;
-    }
-}
-
-// f'(z) expressed through the forward output y = f(z).
-template <typename T>
-__device__ __forceinline__ T sn_act_grad(T dy, T y, int act, T alpha) {
-    switch (act) {
-    case SN_ACT_RELU:
-        return y > T(0) ? dy : T(0);
-    case SN_ACT_LEAKY_RELU:
-        return y > T(0) ? dy : dy * alpha;
-    case SN_ACT_SIGMOID:
-        return dy * (y * (T(1) - y));
-    case SN_ACT_TANH:
-        return dy * (T(1) - y * y);
-    default:
-        return dy;
-    }
-}
+// The SN_ACT_* codes, sn_activate(z, act, alpha) = f(z) and
+// sn_act_grad(dy, y, act, alpha) = dy * f'(z) from y = f(z).
+#include "activations.cuh"
 
 // ------------------------------------------------------- (a) bias + act
 // out = f(Z + b) elementwise; b (n_cols,) may be null. out may alias Z.

@@ -47,12 +47,12 @@ def tol(dtype):
 
 
 # ----------------------------------------------------------------- building
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):
-    """The host build of the kernels: (ctypes library, {name expression: C arg types})."""
-    lib_path = tmp_path_factory.mktemp("kernels_host") / "libscratchnet_kernels_host.so"
+def build_shim(out_dir, kernel_dir=KERNEL_DIR):
+    """Build the kernels in ``kernel_dir`` for the host: (ctypes library, {name
+    expression: C arg types} or None without nm)."""
+    lib_path = out_dir / "libscratchnet_kernels_host.so"
     cmd = [CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-shared", "-fPIC",
-           f"-I{KERNEL_DIR}", str(SHIM), "-o", str(lib_path)]
+           f"-I{kernel_dir}", str(SHIM), "-o", str(lib_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"host build of the kernels failed:\n{' '.join(cmd)}\n{proc.stderr}")
@@ -68,6 +68,12 @@ def shim(tmp_path_factory):
                 name, args = decl[len("void "):].split("(", 1)
                 signatures[name] = [a.strip() for a in args.rstrip(")").split(",")]
     return ctypes.CDLL(str(lib_path)), signatures
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    """The host build of the kernels: (ctypes library, {name expression: C arg types})."""
+    return build_shim(tmp_path_factory.mktemp("kernels_host"))
 
 
 def symbol(expr):
@@ -479,3 +485,31 @@ def test_every_kernel_is_launched(shim, dtype):
     ctype = FLOAT_CTYPES[numpy.dtype(dtype)]
     want = {e for e in name_expressions() if e.split("<")[1].startswith(ctype)}
     assert set(ops.launched) == want
+
+
+# ------------------------------------------------- a new activation entry
+def test_registered_activation_runs_in_the_cuda_kernels(tmp_path):
+    """An activation registered at run time reaches the CUDA kernels: the source
+    that CupyOps hands NVRTC (the header generated from the live table inlined)
+    builds, and its bias_act / act_backward(_bias) compute the new formulas."""
+    from scratchnet import activations
+    from scratchnet.backends.cupy_ops import KERNEL_FILE, nvrtc_source
+    from test_activations import SOFTPLUS, softplus_reference
+
+    activations.register(SOFTPLUS)
+    try:
+        (tmp_path / KERNEL_FILE).write_text(nvrtc_source())
+        ops = HostKernelOps(build_shim(tmp_path, kernel_dir=tmp_path), (3, 32))
+        for dtype in DTYPES:
+            Z, b, dY = data((300, 257), dtype), data(257, dtype, seed=1), data((300, 257), dtype)
+            f, df = softplus_reference(Z.astype(numpy.float64) + b)
+            Y = ops.bias_act(Z, b, "softplus")
+            numpy.testing.assert_allclose(Y, f, **tol(dtype))
+            numpy.testing.assert_allclose(ops.act_backward(dY, Y, "softplus"), dY * df,
+                                          **tol(dtype))
+            dZ, db = ops.act_backward_bias(dY, Y, "softplus")
+            numpy.testing.assert_allclose(dZ, dY * df, **tol(dtype))
+            numpy.testing.assert_allclose(db, (dY * df).sum(axis=0), rtol=tol(dtype)["rtol"],
+                                          atol=300 * tol(dtype)["atol"])
+    finally:
+        activations.unregister(SOFTPLUS.name)

@@ -95,9 +95,9 @@ def test_nvrtc_compiles_the_name_expressions(arch):
     if nvrtc is None:
         pytest.skip("CuPy's NVRTC bindings or libnvrtc are not available "
                     "(pip install cupy-cuda13x nvidia-cuda-nvrtc)")
-    from scratchnet.backends.cupy_ops import kernel_source
+    from scratchnet.backends.cupy_ops import nvrtc_source
 
-    prog = nvrtc.createProgram(kernel_source(), KERNEL_FILE, [], [])
+    prog = nvrtc.createProgram(nvrtc_source(), KERNEL_FILE, [], [])
     try:
         for expr in name_expressions():
             nvrtc.addNameExpression(prog, expr)

@@ -18,8 +18,7 @@ import math
 
 import numpy
 
-#: Activations that the fused bias+activation primitives understand.
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+from ..activations import ACTIVATIONS, get_activation  # noqa: F401  (ACTIVATIONS: re-export)
 
 
 def _into(result, out):
@@ -82,46 +81,30 @@ class Ops:
         """Forward of Dense+activation: ``f(Z + b)``.
 
         Z: (N, M) pre-activation without bias (usually ``X @ W``); b: (M,) or
-        None; activation: one of ``ACTIVATIONS``; alpha: LeakyReLU slope.
-        Writes into ``out`` when given (``out`` may be ``Z``).
+        None; activation: a name in the activation table
+        (``scratchnet.activations``), whose array formula f this applies;
+        alpha: LeakyReLU slope. Writes into ``out`` when given (``out`` may be ``Z``).
         """
+        spec = get_activation(activation)
         xp = self.xp
         if b is not None:
             Z = xp.add(Z, b, out=out)
             out = Z
-        if activation == "identity":
-            return _into(Z, out)
-        if activation == "relu":
-            return xp.maximum(Z, 0, out=out)
-        if activation == "leaky_relu":
-            return _into(xp.where(Z > 0, Z, Z * Z.dtype.type(alpha)), out)
-        if activation == "sigmoid":
-            # exp of a non-positive number only: stable for large |Z|.
-            e = xp.exp(-xp.abs(Z))
-            return _into(xp.where(Z >= 0, 1 / (1 + e), e / (1 + e)).astype(Z.dtype, copy=False), out)
-        if activation == "tanh":
-            return xp.tanh(Z, out=out)
-        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+        return _into(spec.forward(xp, Z, alpha, out), out)
 
     def act_backward(self, dY, Y, activation, alpha=0.01, out=None):
         """``dZ = dY * f'(Z)``, written in terms of the forward *output* ``Y``.
 
-        Valid for ReLU, LeakyReLU (alpha >= 0), sigmoid and tanh, so the
-        forward pass need not keep its input. Identity returns ``dY`` itself
-        when no ``out`` is given (nothing to compute, nothing to copy).
+        The table gives f' as a function of the output (ReLU, LeakyReLU with
+        alpha >= 0, sigmoid, tanh all allow it), so the forward pass need not
+        keep its input. An activation whose derivative is 1 (identity) returns
+        ``dY`` itself when no ``out`` is given (nothing to compute, nothing to
+        copy) and does not read ``Y``.
         """
-        xp = self.xp
-        if activation == "identity":
+        spec = get_activation(activation)
+        if spec.passes_gradient:
             return dY if out is None else _into(dY, out)
-        if activation == "relu":
-            return xp.multiply(dY, Y > 0, out=out)
-        if activation == "leaky_relu":
-            return xp.multiply(dY, xp.where(Y > 0, Y.dtype.type(1), Y.dtype.type(alpha)), out=out)
-        if activation == "sigmoid":
-            return xp.multiply(dY, Y * (1 - Y), out=out)
-        if activation == "tanh":
-            return xp.multiply(dY, 1 - Y * Y, out=out)
-        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+        return self.xp.multiply(dY, spec.derivative(self.xp, Y, alpha), out=out)
 
     def act_backward_bias(self, dY, Y, activation, alpha=0.01, out=None):
         """Activation backward and the bias gradient: returns ``(dZ, db)``.
@@ -129,7 +112,7 @@ class Ops:
         dZ = dY * f'(Y) (N, M) and db = dZ summed over rows (M,). Fused
         backends do both in one pass over dY.
         """
-        if activation == "identity":     # dZ is dY: no pass, no copy
+        if get_activation(activation).passes_gradient:     # dZ is dY: no pass, no copy
             return dY, dY.sum(axis=0)
         dZ = self.act_backward(dY, Y, activation, alpha, out=out)
         return dZ, dZ.sum(axis=0)

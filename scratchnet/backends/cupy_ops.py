@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy
 
 from . import BackendUnavailableError
-from .base import ACTIVATIONS, Ops
+from .base import Ops
+from .cuda_header import cuda_header
+from .. import activations
 from .._compat import array_library, is_cupy_array
 
 #: The kernel source file, and the kernels it defines.
@@ -33,9 +35,9 @@ KERNELS_T = ("bias_act", "act_backward", "act_backward_bias", "column_sum",
 #: Kernels templated on the float type T and the label type L.
 KERNELS_TL = ("softmax_xent_rows", "softmax_xent_grad")
 
-#: Activation codes understood by the kernels (SN_ACT_* in the .cu file).
-ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
-assert set(ACT_CODES) == set(ACTIVATIONS)
+#: The header the kernel file includes: activation codes (SN_ACT_*) and formulas,
+#: generated from the activation table (``backends/cuda_header.py``).
+ACT_HEADER = "activations.cuh"
 
 FLOAT_CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 LABEL_CTYPES = {numpy.dtype(numpy.int32): "int", numpy.dtype(numpy.int64): "long long"}
@@ -73,6 +75,17 @@ def kernel_source(name=KERNEL_FILE):
     tried.append(f"source checkout ({checkout})")
     raise FileNotFoundError(f"CUDA kernel source {name!r} not found; looked in "
                             + " and in ".join(tried))
+
+
+def nvrtc_source():
+    """The kernel file as NVRTC compiles it.
+
+    NVRTC reads no files, so ``#include "activations.cuh"`` is replaced by the
+    header generated from the live activation table: for the built-in table
+    that is the committed header (a test checks it), and an activation added
+    with ``activations.register`` is compiled in too.
+    """
+    return kernel_source(KERNEL_FILE).replace(f'#include "{ACT_HEADER}"', cuda_header())
 
 
 def name_expressions():
@@ -141,14 +154,6 @@ def check_device(name, arr):
             raise TypeError(f"{name} must be a cupy array, got {type(arr).__name__}")
         raise TypeError(f"{name} is a {lib} array but the cupy backend computes on cupy "
                         f"arrays: move it with ops.asarray({name})")
-
-
-def act_code(activation):
-    try:
-        return ACT_CODES[activation]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {activation!r}; expected one of "
-                         f"{ACTIVATIONS}") from None
 
 
 def chunking(n_rows, n_cols, target_tasks=1 << 16, min_rows=8):
@@ -235,6 +240,7 @@ class CupyOps(Ops):
         self.xp, self._unavailable = _import_cupy()
         self._raw_module = None
         self._functions = {}  # (device id, name expression) -> RawKernel
+        self._table_version = activations.version()  # the table the module is built from
         self._max_blocks = {}  # device id -> grid cap
 
     # ------------------------------------------------------------ set-up
@@ -272,12 +278,16 @@ class CupyOps(Ops):
 
     def _function(self, expr):
         cupy = self.xp
+        if self._table_version != activations.version():
+            # An activation was registered or removed: recompile from the new table.
+            self._raw_module, self._functions = None, {}
+            self._table_version = activations.version()
         key = (cupy.cuda.get_device_id(), expr)
         fn = self._functions.get(key)
         if fn is None:
             if self._raw_module is None:
                 self._raw_module = cupy.RawModule(
-                    code=kernel_source(KERNEL_FILE), options=("-std=c++17",),
+                    code=nvrtc_source(), options=("-std=c++17",),
                     name_expressions=name_expressions())
             fn = self._functions[key] = self._raw_module.get_function(expr)
         return fn
@@ -346,7 +356,7 @@ class CupyOps(Ops):
     def bias_act(self, Z, b, activation, alpha=0.01, out=None):
         if not self._fused(Z) or (activation == "identity" and b is None):
             return super().bias_act(Z, b, activation, alpha, out=out)
-        code = act_code(activation)
+        code = activations.get_activation(activation).code
         self._check_device("Z", Z)
         check_array("Z", Z, ndim=2)
         n_rows, n_cols = Z.shape
@@ -365,10 +375,10 @@ class CupyOps(Ops):
     def act_backward(self, dY, Y, activation, alpha=0.01, out=None):
         if not self._fused(dY):
             return super().act_backward(dY, Y, activation, alpha, out=out)
-        code = act_code(activation)
+        spec = activations.get_activation(activation)
         self._check_device("dY", dY)
         check_array("dY", dY)
-        if code == ACT_CODES["identity"]:
+        if spec.passes_gradient:
             if out is None or out is dY:
                 return dY
             out = self._out("out", out, dY)
@@ -379,17 +389,17 @@ class CupyOps(Ops):
         out = self._out("out", out, dY)
         if dY.size:
             self._launch(f"act_backward<{FLOAT_CTYPES[dY.dtype]}>", dY.size,
-                         (dY, Y, out, numpy.int64(dY.size), numpy.int32(code),
+                         (dY, Y, out, numpy.int64(dY.size), numpy.int32(spec.code),
                           dY.dtype.type(alpha)))
         return out
 
     def act_backward_bias(self, dY, Y, activation, alpha=0.01, out=None):
         if not self._fused(dY) or getattr(dY, "size", 0) == 0:
             return super().act_backward_bias(dY, Y, activation, alpha, out=out)
-        code = act_code(activation)
+        spec = activations.get_activation(activation)
         self._check_device("dY", dY)
         check_array("dY", dY, ndim=2)
-        if code == ACT_CODES["identity"]:
+        if spec.passes_gradient:
             dZ = self.act_backward(dY, Y, activation, alpha, out=out)
             return dZ, dZ.sum(axis=0)
         self._check_device("Y", Y)
@@ -403,7 +413,7 @@ class CupyOps(Ops):
         partial = db if n_chunks == 1 else self.xp.empty((n_chunks, n_cols), dtype=dY.dtype)
         self._launch(f"act_backward_bias<{ctype}>", n_chunks * n_cols,
                      (dY, Y, dZ, partial, numpy.int32(n_rows), numpy.int32(n_cols),
-                      numpy.int32(rows_per_chunk), numpy.int32(code),
+                      numpy.int32(rows_per_chunk), numpy.int32(spec.code),
                       dY.dtype.type(alpha)), block=SMALL_BLOCK)
         if n_chunks > 1:
             self._launch(f"column_sum<{ctype}>", n_cols,

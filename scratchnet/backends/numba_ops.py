@@ -41,15 +41,16 @@ import time
 import numpy
 
 from . import BackendUnavailableError
-from .base import ACTIVATIONS, Ops
+from .base import Ops
+from .. import activations
 from .._compat import module_installed
 
 NOT_INSTALLED = "numba is not installed: pip install scratchnet[numba]"
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
-#: Activations whose bias_act runs in the kernel (see ``NumbaOps.bias_act``).
-FUSED_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid")
+#: The kernels generated from the activation table (rebuilt when it changes).
+ACTIVATION_KERNELS = ("bias_act", "act_backward")
 
 #: count_correct uses its kernel up to this many classes (see the method).
 COUNT_CORRECT_MAX_CLASSES = 16
@@ -90,6 +91,7 @@ class NumbaOps(Ops):
         self._ready = {}  # (kernel name, dtype char) -> kernel, once it has run
         self._kernels = None
         self._no_array = {}
+        self._table_version = None  # the activation table our activation kernels come from
 
     # ------------------------------------------------------------ plumbing
     def check_available(self):
@@ -128,6 +130,18 @@ class NumbaOps(Ops):
         self._ready[name, dtype.char] = kernel
         return result
 
+    def _activation_code(self, activation):
+        """The table entry's code, with the activation kernels built for the table as it is."""
+        code = activations.get_activation(activation).code
+        if self._table_version != activations.version():
+            # An activation was registered or removed: rebuild the kernels from
+            # the table and forget the ones compiled from the old one.
+            self._k().refresh_activations()
+            for key in [key for key in self._ready if key[0] in ACTIVATION_KERNELS]:
+                del self._ready[key]
+            self._table_version = activations.version()
+        return code
+
     def _none(self, dtype):
         """An empty (0,) array: the kernels' stand-in for "no bias"."""
         if dtype not in self._no_array:
@@ -157,13 +171,15 @@ class NumbaOps(Ops):
     def bias_act(self, Z, b, activation, alpha=0.01, out=None):
         """``f(Z + b)`` in one pass. Z: (N, M); b: (M,) or None; into ``out`` if given.
 
-        The kernel covers relu, leaky_relu and sigmoid. identity (one
+        The kernel covers the activations whose table entry has
+        ``numba_forward`` (relu, leaky_relu, sigmoid). identity (one
         ``numpy.add``) and tanh go to the base class: NumPy's SIMD tanh beats
         one built on the kernels' exp (4096x1000 float32: 1.1 against 2.8 ms),
         and with the bias add in a kernel neither gained (0.7x-1.2x; slower
         on the small shapes, where the call overhead dominates).
         """
-        if not (activation in FUSED_ACTIVATIONS and getattr(Z, "ndim", 0) == 2
+        spec = activations.get_activation(activation)  # unknown names raise, as in the base
+        if not (spec.numba_forward and getattr(Z, "ndim", 0) == 2
                 and _floats(Z, *(() if b is None else (b,)))
                 and (b is None or b.shape == (Z.shape[1],))
                 and (out is None or _writable(out, Z.shape, Z.dtype))):
@@ -172,25 +188,27 @@ class NumbaOps(Ops):
         if out is None:
             out = Zc if Zc is not Z else numpy.empty_like(Zc)  # reuse our own copy
         b = self._none(Z.dtype) if b is None else numpy.ascontiguousarray(b)
-        self._run("bias_act", Z.dtype, Zc, b, ACTIVATIONS.index(activation), float(alpha), out)
+        self._run("bias_act", Z.dtype, Zc, b, self._activation_code(activation), float(alpha),
+                  out)
         return out
 
     def _act_backward(self, dY, Y, activation, alpha, out, with_db):
         """``(dZ, db or None)`` from the kernels, or None where they don't apply."""
-        if not (activation in ACTIVATIONS and getattr(dY, "ndim", 0) == 2
+        spec = activations.get_activation(activation)  # unknown names raise, as in the base
+        if not (getattr(dY, "ndim", 0) == 2
                 and _floats(dY, Y) and Y.shape == dY.shape
                 and (out is None or _writable(out, dY.shape, dY.dtype))):
             return None
         dYc = numpy.ascontiguousarray(dY)
         db = numpy.empty(dY.shape[1], dY.dtype) if with_db else self._none(dY.dtype)
-        if activation == "identity":  # dZ is dY itself, as in the base class
+        if spec.passes_gradient:  # dZ is dY itself, as in the base class
             if with_db:
                 self._run("column_sum", dY.dtype, dYc, db)
             return dY, (db if with_db else None)
         if out is None:
             out = dYc if dYc is not dY else numpy.empty_like(dYc)
         self._run("act_backward", dY.dtype, dYc, numpy.ascontiguousarray(Y),
-                  ACTIVATIONS.index(activation), float(alpha), out, db)
+                  self._activation_code(activation), float(alpha), out, db)
         return out, (db if with_db else None)
 
     def act_backward(self, dY, Y, activation, alpha=0.01, out=None):
