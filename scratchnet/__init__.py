@@ -20,18 +20,21 @@ from .backends import (BackendUnavailableError, available_backends, get_backend,
                        use_backend)
 from .gradcheck import GradCheckResult, gradcheck
 from .io import load
-from .layers import (Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, ReLU, Residual,
-                     Sigmoid, Softmax, Tanh)
+from . import training
+from .layers import (Activation, BatchNorm, Dense, Dropout, Flatten, Layer, LeakyReLU, ReLU,
+                     Residual, Sigmoid, Softmax, Tanh, register_layer)
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, Loss, SoftmaxCrossEntropy
 from .model import History, Sequential, TrainingDivergedError
-from .optimizers import SGD, Adam, Optimizer
+from .optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, get_optimizer
+from .training import Callback, clip_grad_norm
 
 __all__ = [
     "Sequential", "History", "TrainingDivergedError",
     "Layer", "Dense", "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
-    "Dropout", "BatchNorm", "Residual",
+    "Dropout", "BatchNorm", "Residual", "Flatten", "register_layer",
     "Loss", "SoftmaxCrossEntropy", "CrossEntropy", "BinaryCrossEntropy", "MSE",
-    "Optimizer", "SGD", "Adam",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get_optimizer",
+    "Callback", "clip_grad_norm", "training",
     "set_backend", "use_backend", "get_backend", "available_backends",
     "BackendUnavailableError", "gradcheck", "GradCheckResult", "load", "datasets", "schedules",
 ]

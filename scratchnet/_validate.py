@@ -241,13 +241,17 @@ def check_positive_int(value, name, allow_zero=False):
     return int(value)
 
 
-def check_number(value, name, low=None, high=None, low_open=False, high_open=False):
-    """A real number in [low, high] (ends open when asked); names the argument."""
+def check_number(value, name, low=None, high=None, low_open=False, high_open=False,
+                 finite=False):
+    """A real number in [low, high] (ends open when asked); names the argument.
+    ``finite=True`` also refuses +-inf."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if value != value:
         raise ValueError(f"{name} must be a number, got NaN")
+    if finite and value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
     if high is not None and (value > high or (high_open and value == high)):

@@ -39,26 +39,51 @@ class GradCheckResult(float):
 def gradcheck(model, loss, X, y, eps=1e-6, tol=1e-5, floor=1e-3, max_entries=64, seed=0,
               training=True, check_input=True):
     """Check every parameter gradient (and dL/dX) of ``model`` for ``loss`` on
-    (X, y) against central differences, on a float64 copy of the model.
+    (X, y) against central differences, in float64.
+
+    The model itself is checked, as it is (a layer used at several places
+    keeps its tied weights): a float32 model is switched to float64 for the
+    check and back afterwards. Its parameters, buffers (BatchNorm's running
+    statistics) and random streams are as before when it returns.
 
     Up to ``max_entries`` entries per array are checked (chosen with ``seed``),
     all of them for smaller arrays. Returns a ``GradCheckResult``.
     """
     loss = get_loss(loss)
-    m = model.copy(dtype="float64")
+    m = model
+    dtype = m.dtype
+    saved = m._snapshot()
+    drops = [layer for layer in L.unique_layers(m.layers) if isinstance(layer, L.Dropout)]
+    rng_states = [m.ops.rng_state(d.rng) for d in drops]
+    if dtype != numpy.float64:
+        m._set_dtype("float64")
+    try:
+        return _check(m, loss, X, y, eps, tol, floor, max_entries, seed, training, check_input,
+                      drops)
+    finally:
+        for d in drops:
+            d.fixed_mask = None
+        if dtype != numpy.float64:
+            m._set_dtype(dtype)
+        m._restore(saved)
+        for d, state in zip(drops, rng_states):
+            m.ops.set_rng_state(d.rng, state)
+
+
+def _check(m, loss, X, y, eps, tol, floor, max_entries, seed, training, check_input, drops):
     ops = m.ops
     X = m._input(X)
-    y = loss.prepare_targets(y, (X.shape[0], m.n_out), ops, m.dtype)
-    drops = [layer for layer in L.walk(m.layers) if isinstance(layer, L.Dropout)]
+    y = m._targets(loss, y, X)
 
     def value():
-        return float(loss._compute(L.run_forward(m._plan, X, training), y, ops))
+        return float(loss._compute(m._run_forward(X, training), y, ops))
 
     value()
     for d in drops:                       # freeze the masks just drawn
         d.fixed_mask = d.mask
     value()
-    dX = L.run_backward(m._plan, loss.backward(), need_input_grad=True)
+    m.zero_grad()
+    dX = m._run_backward(loss.backward(), need_input_grad=True)
     targets = [(path, layer, name, ops.to_host(getattr(layer, "d" + name)).copy())
                for path, layer, name in m.named_parameters()]
     rng = numpy.random.default_rng(seed)
@@ -69,8 +94,6 @@ def gradcheck(model, loss, X, y, eps=1e-6, tol=1e-5, floor=1e-3, max_entries=64,
     if check_input:
         errors["input"] = _check_array(X, ops.to_host(dX).copy(), value, eps, floor,
                                        max_entries, rng)
-    for d in drops:
-        d.fixed_mask = None
     return GradCheckResult(max(errors.values(), default=0.0), tol, errors)
 
 

@@ -1,15 +1,35 @@
 """Layers: ``forward(X, training) -> Y`` and ``backward(dY) -> dX``.
 
-Every layer keeps what its backward pass needs from the last forward pass
-(Dense its input, activations their *output*), and writes its parameter
-gradients into ``d<name>`` (``dW``, ``db``, ``dgamma``, ``dbeta``),
-overwriting the previous ones. All array work goes through ``self.ops``.
+Shapes. Inputs are batch-major, ``(N, *sample_shape)``. Every layer states
+the per-sample shape it outputs for a per-sample input shape
+(``output_shape(input_shape)``), and refuses an input that does not fit with
+a message naming the layer and both shapes. ``Flatten`` turns (N, ...) into
+(N, prod(...)), so that image-shaped data can feed ``Dense``.
 
-Shapes: inputs are batch-major (N, features); Dense's ``W`` is (in, out) and
-``b`` is (out,).
+Calling a layer more than once. What backward needs from a forward pass is
+kept *per call*: each forward pushes a context (``self._push``) and each
+backward pops the most recent one (``self._pop``), so a layer used at several
+places of a model (a tied ``Dense``) runs backward through each use in turn.
+Inside a model's pass, gradients of all uses are *added*: the model resets
+each layer's use count (``zero_grad``) before backward, the first use writes
+``d<name>`` and later uses add to it (``self._store_grad``). A layer called
+directly (outside a model's pass) keeps one context and overwrites its
+gradients, as a plain function would.
+
+Parameters and their gradients are ``<name>`` and ``d<name>`` attributes
+(``W``/``dW``, ``b``/``db``, ``gamma``/``dgamma``...); a model may replace them
+by views of one contiguous buffer, so layers update them in place and never
+rebind them after ``build``. All array work goes through ``self.ops``.
+
+New layer classes register themselves with ``@register_layer`` so that
+``save``/``load`` know them by name; ``get_config()`` returns the constructor
+arguments.
 """
 
 from __future__ import annotations
+
+import math
+import weakref
 
 import numpy
 
@@ -17,13 +37,48 @@ from ._validate import as_host_numeric, check_backend_of, check_number, check_po
 from .backends import get_backend
 from .init import get_initializer, initial_weights
 
+#: Layer classes by name, for ``load`` (filled by ``@register_layer``).
+LAYER_REGISTRY: dict = {}
+
+
+def register_layer(cls):
+    """Class decorator: make ``cls`` loadable by ``scratchnet.load`` under its
+    class name. Its ``get_config()`` must return its constructor arguments
+    (sub-layers as layer objects, which are saved by ``layer_config``)."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer expects a Layer subclass, got {cls!r}")
+    name = cls.__name__
+    other = LAYER_REGISTRY.get(name)
+    if other is not None and other is not cls and \
+            (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"a layer class named {name!r} is already registered "
+                         f"({other.__module__}.{other.__qualname__}); rename one of them")
+    LAYER_REGISTRY[name] = cls
+    return cls
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shape_str(shape):
+    return "(N, " + ", ".join(map(str, shape)) + ")" if shape else "(N,)"
+
 
 class Layer:
-    """Base class. Subclasses set ``param_names`` (each with a gradient ``d<name>``)
-    and ``buffer_names`` (state saved with the model but not trained)."""
+    """Base class.
+
+    Subclasses set ``param_names`` (each with a gradient ``d<name>``) and
+    ``buffer_names`` (state saved with the model but not trained), create
+    them in ``_init_params(rng)``, and implement ``forward``, ``backward`` and,
+    when they change the shape, ``output_shape``.
+    """
 
     param_names: tuple = ()
     buffer_names: tuple = ()
+    #: True when ``backward(dY, need_input_grad=False)`` may skip dL/dX (the
+    #: first layer of a model never needs it in training).
+    can_skip_input_grad = False
 
     def __init__(self):
         self.ops = get_backend()
@@ -31,12 +86,17 @@ class Layer:
         self.name = type(self).__name__
         self._reuse = False      # set by the training loop: reuse work buffers
         self._bufs = {}
+        self._saved = []         # one context per forward call not yet backpropagated
+        self._grad_uses = 0      # backward calls since zero_grad (inside a model's pass)
+        self._in_pass = False    # a model is running forward or backward through this layer
+        self._owner = None       # weak reference to the model holding this layer
 
     # -- building and moving ---------------------------------------------
     def build(self, ops, rng, dtype, name):
         """(Re)create parameters for ``ops`` and ``dtype``, drawing from ``rng``."""
         self.ops, self.dtype, self.name = ops, numpy.dtype(dtype), name
         self._bufs = {}
+        self._saved = []
         self._init_params(rng)
 
     def _init_params(self, rng):
@@ -50,6 +110,7 @@ class Layer:
                 setattr(self, attr, ops.asarray(self.ops.to_host(value)))
         self.ops = ops
         self._bufs = {}
+        self._saved = []
         for child in self.children():
             child.to(ops)
 
@@ -60,9 +121,26 @@ class Layer:
         """Sub-layers (Residual has some)."""
         return []
 
-    def out_features(self, n_in):
-        """Features this layer outputs for ``n_in`` input features (checks they fit)."""
-        return n_in
+    def output_shape(self, input_shape):
+        """Per-sample output shape for a per-sample ``input_shape`` (a tuple,
+        without the batch axis); raises ValueError naming the layer when the
+        input does not fit. The default keeps the shape."""
+        return tuple(input_shape)
+
+    def input_shape(self):
+        """The per-sample input shape this layer fixes, or None when it takes
+        several (used by ``summary`` before any data was seen)."""
+        return None
+
+    def count_params(self):
+        return int(sum(getattr(self, p).size for p in self.param_names))
+
+    @classmethod
+    def state_shapes(cls, config):
+        """``{name: shape}`` of the parameters and buffers a layer built from
+        ``config`` would have, or None when unknown; ``load`` checks a file's
+        arrays against it before building anything."""
+        return None
 
     def get_config(self):
         """Constructor arguments, for ``save``/``load``."""
@@ -74,6 +152,11 @@ class Layer:
         for child in self.children():
             child.set_reuse(flag)
 
+    def zero_grad(self):
+        """Start a new backward pass: the next use writes the gradients, later
+        uses add to them (no pass over the arrays)."""
+        self._grad_uses = 0
+
     # -- forward and backward --------------------------------------------
     def forward(self, X, training=False):
         raise NotImplementedError
@@ -84,14 +167,64 @@ class Layer:
     def __call__(self, X, training=False):
         return self.forward(X, training=training)
 
+    # -- fusion ------------------------------------------------------------
+    def absorbs(self, nxt):
+        """True when this layer can run ``nxt`` (the layer after it) inside its
+        own forward and backward (``forward_fused``); Dense absorbs a following
+        activation so that the bias add and the activation are one pass."""
+        return False
+
+    # -- per-call state and gradient accumulation ---------------------------
+    def _push(self, ctx):
+        """Keep what backward needs from this forward call."""
+        if self._in_pass:
+            self._saved.append(ctx)
+        else:
+            self._saved = [ctx]
+
+    def _pop(self):
+        """The context of the most recent forward call not yet backpropagated."""
+        if not self._saved:
+            raise RuntimeError(f"{self.name}: backward() called without a forward() first")
+        if self._in_pass and len(self._saved) > 1:
+            return self._saved.pop()
+        return self._saved[-1]      # kept: backward may be repeated for the same forward
+
+    def _use_index(self):
+        """Which use of this layer the current forward call is (for work buffers)."""
+        return len(self._saved) if self._in_pass else 0
+
+    def _grad_out(self, name):
+        """The array to write this use's gradient of ``name`` into directly, or
+        None when it must be added to earlier uses' (see ``_store_grad``)."""
+        return getattr(self, "d" + name) if self._first_use() else None
+
+    def _store_grad(self, name, value):
+        """Write (first use) or add (later uses) ``value`` into ``d<name>``."""
+        grad = getattr(self, "d" + name)
+        if value is grad:
+            return
+        if self._first_use():
+            grad[...] = value
+        else:
+            grad += value
+
+    def _first_use(self):
+        return not self._in_pass or self._grad_uses == 0
+
+    def _done_backward(self):
+        if self._in_pass:
+            self._grad_uses += 1
+
     # -- helpers -----------------------------------------------------------
     def _buffer(self, key, shape):
         """A reusable work array during training; None (allocate fresh) otherwise."""
         if not self._reuse:
             return None
-        buf = self._bufs.get((key, shape))
+        full = (key, tuple(shape), self._use_index())
+        buf = self._bufs.get(full)
         if buf is None:
-            buf = self._bufs[(key, shape)] = self.ops.empty(shape, self.dtype)
+            buf = self._bufs[full] = self.ops.empty(shape, self.dtype)
         return buf
 
     def _as_input(self, X):
@@ -101,28 +234,59 @@ class Layer:
             X = self.ops.asarray(as_host_numeric(X, f"input of {self.name}"))
         if X.dtype != self.dtype:
             X = X.astype(self.dtype)
+        self._check_input(X)
         return X
+
+    def _check_input(self, X):
+        """Raise, naming this layer, when X (N, ...) does not fit it."""
+        if X.ndim < 1:
+            raise ValueError(f"{self.name} expected a batch (N, ...), got a scalar")
+        try:
+            self.output_shape(tuple(X.shape[1:]))
+        except ValueError as err:
+            raise ValueError(f"{self.name}: input of shape {tuple(X.shape)} does not fit: "
+                             f"{err}") from None
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
 
-class Dense(Layer):
-    """Fully connected layer: ``Y = X @ W + b``.
+def _activation_spec(activation):
+    """(kind, alpha) for an activation name or layer; None for no activation."""
+    if activation is None or activation == "identity":
+        return None
+    if isinstance(activation, str) and activation in ACTIVATION_LAYERS:
+        layer_cls = ACTIVATION_LAYERS[activation]
+        return layer_cls.kind, layer_cls.alpha
+    raise ValueError(f"unknown activation {activation!r}; expected None or one of "
+                     f"{sorted(ACTIVATION_LAYERS)}")
 
-    n_in, n_out: feature counts; W is (n_in, n_out), b is (n_out,).
+
+@register_layer
+class Dense(Layer):
+    """Fully connected layer: ``Y = f(X @ W + b)``.
+
+    n_in, n_out: feature counts; W is (n_in, n_out), b is (n_out,); input
+    (N, n_in), output (N, n_out).
     init: weight initialiser name (see ``scratchnet.init``); default
     ``"xavier"`` (Glorot uniform), a safe choice for any activation; use
     ``"he"`` before ReLU. Biases start at zero. ``bias=False`` drops b.
+    activation: None (linear) or an activation name ("relu", "leaky_relu",
+    "sigmoid", "tanh"): the fused form, bias add and activation in one pass.
+    ``[Dense(...), ReLU()]`` in a model is fused the same way.
     """
 
-    def __init__(self, n_in, n_out, init="xavier", bias=True):
+    can_skip_input_grad = True
+
+    def __init__(self, n_in, n_out, init="xavier", bias=True, activation=None):
         super().__init__()
         self.n_in = check_positive_int(n_in, "Dense n_in")
         self.n_out = check_positive_int(n_out, "Dense n_out")
         get_initializer(init)  # fail now on an unknown name
         self.init, self.bias = init, bool(bias)
+        self._act = _activation_spec(activation)
+        self.activation = None if self._act is None else activation
         self.param_names = ("W", "b") if self.bias else ("W",)
         self.b = self.db = None
         self._init_params(numpy.random.default_rng())
@@ -135,43 +299,76 @@ class Dense(Layer):
             self.b = ops.zeros((self.n_out,), dt)
             self.db = ops.zeros((self.n_out,), dt)
 
-    def out_features(self, n_in):
-        if n_in != self.n_in:
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.n_in,):
+            got = input_shape[0] if len(input_shape) == 1 else _shape_str(input_shape)
+            hint = " (add a Flatten() before it)" if len(input_shape) > 1 else ""
             raise ValueError(f"{self.name} expects {self.n_in} input features but the layer "
-                             f"before it gives {n_in}")
-        return self.n_out
+                             f"before it gives {got}{hint}")
+        return (self.n_out,)
 
-    def get_config(self):
-        init = self.init if isinstance(self.init, str) else "custom"
-        return {"n_in": self.n_in, "n_out": self.n_out, "init": init, "bias": self.bias}
-
-    def forward(self, X, training=False, activation=None):
-        """X: (N, n_in) -> (N, n_out). With ``activation`` (an Activation layer),
-        bias add and activation run as one fused backend call."""
-        X = self._as_input(X)
+    def _check_input(self, X):
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise ValueError(f"{self.name} ({self.n_in}->{self.n_out}) expected input of shape "
                              f"(N, {self.n_in}), got {tuple(X.shape)}")
-        self.X = X
-        Z = self.ops.matmul(X, self.W, out=self._buffer("Z", (X.shape[0], self.n_out)))
-        if activation is None:
-            return self.ops.bias_act(Z, self.b, "identity", out=Z)
-        activation.Y = self.ops.bias_act(Z, self.b, activation.kind, activation.alpha, out=Z)
-        return activation.Y
 
-    def backward(self, dY, activation=None, need_input_grad=True):
-        """dY: (N, n_out) -> dX (N, n_in), or None when ``need_input_grad`` is False
-        (the first layer's input gradient is never used in training)."""
+    def input_shape(self):
+        return (self.n_in,)
+
+    @classmethod
+    def state_shapes(cls, config):
+        n_in, n_out = config.get("n_in"), config.get("n_out")
+        if not (_is_int(n_in) and _is_int(n_out)):
+            return None     # the constructor refuses it
+        shapes = {"W": (n_in, n_out)}
+        if config.get("bias", True):
+            shapes["b"] = (n_out,)
+        return shapes
+
+    def get_config(self):
+        init = self.init if isinstance(self.init, str) else "custom"
+        config = {"n_in": self.n_in, "n_out": self.n_out, "init": init, "bias": self.bias}
+        if self.activation is not None:
+            config["activation"] = self.activation
+        return config
+
+    def absorbs(self, nxt):
+        return self._act is None and isinstance(nxt, Activation)
+
+    def forward(self, X, training=False):
+        """X: (N, n_in) -> (N, n_out)."""
+        return self.forward_fused(X, training, None)
+
+    def forward_fused(self, X, training, act):
+        """Forward with the following activation layer ``act`` run in the same
+        pass (its output is kept on ``act.Y`` for diagnostics)."""
+        X = self._as_input(X)
+        spec = self._act if act is None else (act.kind, act.alpha)
+        kind, alpha = spec if spec is not None else ("identity", 0.0)
+        Z = self.ops.matmul(X, self.W, out=self._buffer("Z", (X.shape[0], self.n_out)))
+        Y = self.ops.bias_act(Z, self.b, kind, alpha, out=Z)
+        self._push((X, Y, kind, alpha))
+        if act is not None:
+            act.Y = Y
+        return Y
+
+    def backward(self, dY, need_input_grad=True):
+        """dY: (N, n_out) -> dX (N, n_in), or None when ``need_input_grad`` is
+        False (a model's first layer in training)."""
         ops = self.ops
-        kind, Y, alpha = ("identity", None, 0.0) if activation is None else \
-            (activation.kind, activation.Y, activation.alpha)
+        X, Y, kind, alpha = self._pop()
+        if dY.shape != Y.shape:
+            raise ValueError(f"{self.name}: dY has shape {tuple(dY.shape)}, the forward output "
+                             f"had shape {tuple(Y.shape)}")
         dZ, db = ops.act_backward_bias(dY, Y, kind, alpha, out=self._buffer("dZ", dY.shape))
-        ops.matmul(self.X.T, dZ, out=self.dW)
+        dW = ops.matmul(X.T, dZ, out=self._grad_out("W"))
+        self._store_grad("W", dW)
         if self.bias:
-            self.db[...] = db
+            self._store_grad("b", db)
+        self._done_backward()
         if not need_input_grad:
             return None
-        return ops.matmul(dZ, self.W.T, out=self._buffer("dX", self.X.shape))
+        return ops.matmul(dZ, self.W.T, out=self._buffer("dX", X.shape))
 
 
 class Activation(Layer):
@@ -184,51 +381,93 @@ class Activation(Layer):
         X = self._as_input(X)
         self.Y = self.ops.bias_act(X, None, self.kind, self.alpha,
                                    out=self._buffer("Y", X.shape))
+        self._push(self.Y)
         return self.Y
 
     def backward(self, dY):
-        return self.ops.act_backward(dY, self.Y, self.kind, self.alpha,
-                                     out=self._buffer("dX", dY.shape))
+        Y = self._pop()
+        dX = self.ops.act_backward(dY, Y, self.kind, self.alpha,
+                                   out=self._buffer("dX", dY.shape))
+        self._done_backward()
+        return dX
 
 
+@register_layer
 class ReLU(Activation):
     """max(x, 0)."""
     kind = "relu"
 
 
+@register_layer
 class LeakyReLU(Activation):
-    """x for x > 0, alpha * x otherwise (alpha >= 0, default 0.01)."""
+    """x for x > 0, alpha * x otherwise (0 <= alpha < 1, default 0.01)."""
     kind = "leaky_relu"
 
     def __init__(self, alpha=0.01):
         super().__init__()
-        self.alpha = check_number(alpha, "LeakyReLU alpha", low=0.0)
+        # alpha >= 1 is not a leaky ReLU (alpha = 1 is the identity, > 1 flips
+        # the slopes), and backward from the output needs the sign of x == sign of y.
+        self.alpha = check_number(alpha, "LeakyReLU alpha", low=0.0, high=1.0, high_open=True)
 
     def get_config(self):
         return {"alpha": self.alpha}
 
 
+@register_layer
 class Sigmoid(Activation):
-    """1 / (1 + exp(-x)), computed stably for large |x|."""
+    """1 / (1 + exp(-x)), computed stably for large |x|. As the last layer
+    with ``BinaryCrossEntropy``, prefer no Sigmoid and ``BCEWithLogits``."""
     kind = "sigmoid"
 
 
+@register_layer
 class Tanh(Activation):
     kind = "tanh"
 
 
+#: Activation layer classes by their kernel name (for ``Dense(activation=...)``).
+ACTIVATION_LAYERS = {cls.kind: cls for cls in (ReLU, LeakyReLU, Sigmoid, Tanh)}
+
+
+@register_layer
 class Softmax(Layer):
-    """Row-wise softmax over (N, C). For training, prefer ``SoftmaxCrossEntropy``
+    """Softmax over the last axis. For training, prefer ``SoftmaxCrossEntropy``
     on logits (no Softmax layer): it is fused and numerically safer."""
 
     def forward(self, X, training=False):
-        self.Y = self.ops.softmax(self._as_input(X))
+        X = self._as_input(X)
+        X2 = X.reshape(-1, X.shape[-1])
+        Y = self.ops.softmax(X2)
+        self._push(Y)
+        self.Y = Y.reshape(X.shape)
         return self.Y
 
     def backward(self, dY):
-        return self.ops.softmax_backward(dY, self.Y)
+        Y = self._pop()
+        dX = self.ops.softmax_backward(dY.reshape(Y.shape), Y)
+        self._done_backward()
+        return dX.reshape(dY.shape)
 
 
+@register_layer
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...): the first layer that changes rank."""
+
+    def output_shape(self, input_shape):
+        return (int(math.prod(input_shape)),)
+
+    def forward(self, X, training=False):
+        X = self._as_input(X)
+        self._push(X.shape)
+        return X.reshape(X.shape[0], -1)
+
+    def backward(self, dY):
+        shape = self._pop()
+        self._done_backward()
+        return dY.reshape(shape)
+
+
+@register_layer
 class Dropout(Layer):
     """Inverted dropout: in training, zero each unit with probability ``p`` and
     scale the rest by 1/(1-p); in evaluation, the identity."""
@@ -259,17 +498,22 @@ class Dropout(Layer):
         X = self._as_input(X)
         if not training or self.p == 0.0:
             self.mask = None
-            return X
-        if self.fixed_mask is not None:
+            Y = X
+        elif self.fixed_mask is not None:
             self.mask = self.fixed_mask
-            return X * self.mask
-        Y, self.mask = self.ops.dropout(X, self.p, self.rng)
+            Y = X * self.mask
+        else:
+            Y, self.mask = self.ops.dropout(X, self.p, self.rng)
+        self._push(self.mask)
         return Y
 
     def backward(self, dY):
-        return dY if self.mask is None else self.ops.dropout_backward(dY, self.mask)
+        mask = self._pop()
+        self._done_backward()
+        return dY if mask is None else self.ops.dropout_backward(dY, mask)
 
 
+@register_layer
 class BatchNorm(Layer):
     """Batch normalisation over the rows of (N, n) inputs.
 
@@ -281,6 +525,7 @@ class BatchNorm(Layer):
 
     param_names = ("gamma", "beta")
     buffer_names = ("running_mean", "running_var")
+    uses_batch_statistics = True    # no per-sample training; batches of 2 rows or more
 
     def __init__(self, n, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -298,31 +543,39 @@ class BatchNorm(Layer):
         self.running_mean = ops.zeros((n,), dt)
         self.running_var = ops.asarray(numpy.ones(n, dt))
 
-    def out_features(self, n_in):
-        if n_in != self.n:
-            raise ValueError(f"{self.name} normalises {self.n} features but the layer before "
-                             f"it gives {n_in}")
-        return n_in
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.n,):
+            got = input_shape[0] if len(input_shape) == 1 else _shape_str(input_shape)
+            raise ValueError(f"{self.name} normalises {self.n} features but the layer before it "
+                             f"gives {got}")
+        return (self.n,)
+
+    def input_shape(self):
+        return (self.n,)
+
+    @classmethod
+    def state_shapes(cls, config):
+        n = config.get("n")
+        if not _is_int(n):
+            return None
+        return {name: (n,) for name in cls.param_names + cls.buffer_names}
 
     def get_config(self):
         return {"n": self.n, "eps": self.eps, "momentum": self.momentum}
 
     def forward(self, X, training=False):
         X = self._as_input(X)
-        if X.ndim != 2 or X.shape[1] != self.n:
-            raise ValueError(f"{self.name} expected input of shape (N, {self.n}), got "
-                             f"{tuple(X.shape)}")
-        self.training = training
         if not training:
-            self.inv_std = 1 / self.ops.xp.sqrt(self.running_var + self.dtype.type(self.eps))
-            self.xhat = (X - self.running_mean) * self.inv_std
-            return self.xhat * self.gamma + self.beta
+            inv_std = 1 / self.ops.xp.sqrt(self.running_var + self.dtype.type(self.eps))
+            xhat = (X - self.running_mean) * inv_std
+            self._push((False, xhat, inv_std))
+            return xhat * self.gamma + self.beta
         n = X.shape[0]
         if n < 2:
             raise ValueError(f"{self.name} needs more than 1 sample per batch in training "
                              f"(batch statistics), got {n}")
-        Y, self.xhat, mean, var, self.inv_std = self.ops.batchnorm_forward(
-            X, self.gamma, self.beta, self.eps)
+        Y, xhat, mean, var, inv_std = self.ops.batchnorm_forward(X, self.gamma, self.beta, self.eps)
+        self._push((True, xhat, inv_std))
         m = self.momentum
         self.running_mean *= 1 - m
         self.running_mean += m * mean
@@ -331,19 +584,23 @@ class BatchNorm(Layer):
         return Y
 
     def backward(self, dY):
-        if not self.training:   # statistics are constants in evaluation mode
-            self.dbeta[...] = dY.sum(axis=0)
-            self.dgamma[...] = (dY * self.xhat).sum(axis=0)
-            return dY * (self.gamma * self.inv_std)
-        dX, dgamma, dbeta = self.ops.batchnorm_backward(dY, self.xhat, self.gamma, self.inv_std)
-        self.dgamma[...] = dgamma
-        self.dbeta[...] = dbeta
+        training, xhat, inv_std = self._pop()
+        if not training:   # statistics are constants in evaluation mode
+            self._store_grad("beta", dY.sum(axis=0))
+            self._store_grad("gamma", (dY * xhat).sum(axis=0))
+            dX = dY * (self.gamma * inv_std)
+        else:
+            dX, dgamma, dbeta = self.ops.batchnorm_backward(dY, xhat, self.gamma, inv_std)
+            self._store_grad("gamma", dgamma)
+            self._store_grad("beta", dbeta)
+        self._done_backward()
         return dX
 
 
+@register_layer
 class Residual(Layer):
     """``Y = X + f(X)`` where f is the given layers in sequence; f must keep the
-    feature count."""
+    shape."""
 
     def __init__(self, layers):
         super().__init__()
@@ -358,41 +615,69 @@ class Residual(Layer):
         for i, layer in enumerate(self.layers):
             layer.build(ops, rng, dtype, f"{name}.{i} {type(layer).__name__}")
 
-    def out_features(self, n_in):
-        n = n_in
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
         for layer in self.layers:
-            n = layer.out_features(n)
-        if n != n_in:
-            raise ValueError(f"{self.name}: its layers map {n_in} features to {n}; a residual "
-                             "block must keep the feature count")
-        return n_in
+            shape = layer.output_shape(shape)
+        if shape != tuple(input_shape):
+            raise ValueError(f"{self.name}: its layers map {_shape_str(input_shape)} to "
+                             f"{_shape_str(shape)}; a residual block must keep the feature count "
+                             f"(its input shape)")
+        return shape
+
+    def input_shape(self):
+        return first_input_shape(self.layers)
 
     def get_config(self):
-        return {"layers": [layer_config(layer) for layer in self.layers]}
+        return {"layers": list(self.layers)}
 
     def forward(self, X, training=False):
         X = self._as_input(X)
         F = run_forward(self._plan, X, training)
-        if F.shape != X.shape:
-            raise ValueError(f"{self.name}: the block's output shape {tuple(F.shape)} differs "
-                             f"from its input shape {tuple(X.shape)}")
+        self._push(None)
         return self.ops.xp.add(X, F, out=self._buffer("Y", X.shape))
 
     def backward(self, dY):
+        self._pop()
         dF = run_backward(self._plan, dY, need_input_grad=True)
+        self._done_backward()
         return self.ops.xp.add(dY, dF, out=self._buffer("dX", dY.shape))
 
 
-# -- running a list of layers, with Dense+activation fused -------------------
+# -- running a list of layers, with fusion --------------------------------------
 
 def walk(layers):
-    """Every layer, depth first, Residual blocks' layers included."""
+    """Every layer, depth first, Residual blocks' layers included (a layer used
+    twice appears twice)."""
     for layer in layers:
         yield layer
         yield from walk(layer.children())
 
 
+def unique_layers(layers):
+    """``walk`` without repeats: each layer object once, at its first place."""
+    seen = set()
+    for layer in walk(layers):
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            yield layer
+
+
+def first_input_shape(layers):
+    """The per-sample input shape fixed by the first layer that fixes one."""
+    for layer in layers:
+        shape = layer.input_shape()
+        if shape is not None:
+            return shape
+        if type(layer).output_shape is not Layer.output_shape or layer.children():
+            return None     # shape-changing layer first: its input is not inferable
+    return None
+
+
 def check_layer_list(layers, owner):
+    if isinstance(layers, Layer):
+        raise TypeError(f"{owner} takes a list of layers, got a single {type(layers).__name__}; "
+                        f"wrap it in a list")
     layers = list(layers)
     if not layers:
         raise ValueError(f"{owner} needs at least one layer")
@@ -403,12 +688,12 @@ def check_layer_list(layers, owner):
 
 
 def fusion_plan(layers):
-    """Steps ``(layer, activation_or_None)``: a Dense followed by an activation
-    runs as one step, so the backend can fuse bias add and activation."""
+    """Steps ``(layer, absorbed_or_None)``: a layer that ``absorbs`` the next
+    one (Dense then an activation) runs both as one step."""
     plan, i = [], 0
     while i < len(layers):
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layers[i], Dense) and isinstance(nxt, Activation):
+        if nxt is not None and layers[i].absorbs(nxt):
             plan.append((layers[i], nxt))
             i += 2
         else:
@@ -418,38 +703,52 @@ def fusion_plan(layers):
 
 
 def run_forward(plan, X, training):
-    for layer, act in plan:
-        X = layer.forward(X, training, act) if act is not None else layer.forward(X, training)
+    for layer, absorbed in plan:
+        X = layer.forward(X, training) if absorbed is None else \
+            layer.forward_fused(X, training, absorbed)
     return X
 
 
 def run_backward(plan, dY, need_input_grad=True):
-    """Backward through ``plan``; the first Dense skips its input gradient
-    when ``need_input_grad`` is False."""
+    """Backward through ``plan`` in reverse; the first step skips its input
+    gradient when ``need_input_grad`` is False and the layer can."""
     for i in range(len(plan) - 1, -1, -1):
-        layer, act = plan[i]
-        if isinstance(layer, Dense):
-            dY = layer.backward(dY, act, need_input_grad=need_input_grad or i > 0)
+        layer = plan[i][0]
+        if i == 0 and not need_input_grad and layer.can_skip_input_grad:
+            dY = layer.backward(dY, need_input_grad=False)
         else:
             dY = layer.backward(dY)
     return dY
 
 
-LAYER_CLASSES = {cls.__name__: cls for cls in
-                 (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm, Residual)}
-
-
 def layer_config(layer):
-    return {"class": type(layer).__name__, "config": layer.get_config()}
+    """``{"class": name, "config": {...}}``; sub-layers are saved recursively."""
+    config = {}
+    for key, value in layer.get_config().items():
+        if isinstance(value, Layer):
+            value = layer_config(value)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
+            value = [layer_config(v) for v in value]
+        config[key] = value
+    return {"class": type(layer).__name__, "config": config}
 
 
 def layer_from_config(spec):
-    cls = LAYER_CLASSES.get(spec.get("class"))
-    if cls is None:
-        raise ValueError(f"unknown layer class {spec.get('class')!r} in saved config")
-    config = dict(spec.get("config", {}))
-    if cls is Dense and config.get("init") == "custom":
-        config["init"] = "zeros"   # a callable init is not saved; the saved weights replace it
-    if cls is Residual:
-        config["layers"] = [layer_from_config(s) for s in config["layers"]]
-    return cls(**config)
+    """Rebuild one layer from ``layer_config``'s output (registered classes only)."""
+    from .state import layers_from_config
+    return layers_from_config({"layers": [spec]})[0]
+
+
+def claim(layers, model):
+    """Mark ``layers`` (and their sub-layers) as belonging to ``model``. A layer
+    already in another live model raises: two models never share a layer
+    silently (build new layers, or use ``model.copy()``)."""
+    for layer in walk(layers):
+        owner = layer._owner() if layer._owner is not None else None
+        if owner is not None and owner is not model:
+            raise ValueError(f"{layer!r} already belongs to another model; a layer object can be "
+                             f"in one model only (its weights would be re-initialised and "
+                             f"shared). Build new layers, or use model.copy()")
+    ref = weakref.ref(model)
+    for layer in walk(layers):
+        layer._owner = ref

@@ -19,7 +19,7 @@ loss                       ``out`` (model output)      ``y``
 
 from __future__ import annotations
 
-from ._validate import check_labels, check_targets
+from ._validate import check_labels, check_number, check_targets
 
 
 class Loss:
@@ -120,15 +120,16 @@ class CrossEntropy(_ClassTargets):
 
     def __init__(self, eps=1e-12):
         super().__init__()
-        self.eps = eps
-
-    def forward(self, out, y):
-        if bool((out < 0).any()) or bool((out > 1).any()):
-            raise ValueError("CrossEntropy expects probabilities in [0, 1] (e.g. after a Softmax "
-                             "layer); for logits use SoftmaxCrossEntropy")
-        return super().forward(out, y)
+        self.eps = check_number(eps, "CrossEntropy eps", low=0.0, high=1.0, high_open=True)
 
     def _compute(self, out, y, ops):
+        # On every path (forward, fit, evaluate): logits would give a negative
+        # "loss" that training happily drives to -inf. Two reductions over the
+        # (N, C) output, cheap next to the layers that produced it.
+        if bool(out.min() < 0) or bool(out.max() > 1):
+            raise ValueError("CrossEntropy expects probabilities in [0, 1] (e.g. after a Softmax "
+                             "layer), got values outside [0, 1]; for logits use "
+                             "SoftmaxCrossEntropy")
         xp, n = ops.xp, out.shape[0]
         p = xp.clip(out, out.dtype.type(self.eps), None)
         if y.ndim == 1:
