@@ -19,12 +19,12 @@ from . import datasets, schedules
 from .backends import (BackendUnavailableError, available_backends, get_backend, set_backend,
                        use_backend)
 from .gradcheck import GradCheckResult, gradcheck
-from .io import load
 from . import training
 from .layers import (Activation, BatchNorm, Dense, Dropout, Flatten, Layer, LeakyReLU, ReLU,
                      Residual, Sigmoid, Softmax, Tanh, register_layer)
-from .losses import MSE, BinaryCrossEntropy, CrossEntropy, Loss, SoftmaxCrossEntropy
-from .model import History, Sequential, TrainingDivergedError
+from .losses import (MSE, BCEWithLogits, BinaryCrossEntropy, BinaryCrossEntropyWithLogits,
+                     CrossEntropy, Loss, SoftmaxCrossEntropy)
+from .model import History, Sequential, TrainingDivergedError, load
 from .optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, get_optimizer
 from .training import Callback, clip_grad_norm
 
@@ -32,7 +32,8 @@ __all__ = [
     "Sequential", "History", "TrainingDivergedError",
     "Layer", "Dense", "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
     "Dropout", "BatchNorm", "Residual", "Flatten", "register_layer",
-    "Loss", "SoftmaxCrossEntropy", "CrossEntropy", "BinaryCrossEntropy", "MSE",
+    "Loss", "SoftmaxCrossEntropy", "CrossEntropy", "BinaryCrossEntropy",
+    "BinaryCrossEntropyWithLogits", "BCEWithLogits", "MSE",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get_optimizer",
     "Callback", "clip_grad_norm", "training",
     "set_backend", "use_backend", "get_backend", "available_backends",

@@ -74,4 +74,8 @@ def initial_weights(init, rng, fan_in, fan_out, dtype):
     W = numpy.asarray(get_initializer(init)(rng, fan_in, fan_out), dtype=dtype)
     if W.shape != (fan_in, fan_out):
         raise ValueError(f"init {init!r} returned shape {W.shape}, expected {(fan_in, fan_out)}")
+    if not numpy.isfinite(W).all():
+        bad = int((~numpy.isfinite(W)).sum())
+        raise ValueError(f"init {init!r} returned {bad} NaN or infinite weight(s) (in "
+                         f"{numpy.dtype(dtype).name})")
     return numpy.ascontiguousarray(W)

@@ -1,8 +1,9 @@
 """The model file format: one ``.npz`` archive holding a JSON config and arrays.
 
-This module only reads and writes the format; the model turns itself into a
-state and back (``Sequential.get_state`` / ``Sequential.from_state``), and
-checks the state before building anything (``scratchnet.state``).
+This module only reads and writes the format (``write_file``, ``read_file``);
+the model turns itself into a state and back (``Sequential.get_state`` /
+``Sequential.from_state``, and ``scratchnet.load``), and the state is
+checked before anything is built (``scratchnet.state``).
 
 ``save`` writes to a temporary file in the same folder and renames it over
 the target only once it is complete, so a failed or killed save leaves the
@@ -24,10 +25,9 @@ VERSION = 1
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def save_model(model, path):
-    """Write ``model`` (and its optimizer's state) to ``path``, atomically."""
+def write_file(path, config, arrays):
+    """Write a model's state (``Sequential.get_state()``) to ``path``, atomically."""
     from ._atomic import atomic_write
-    config, arrays = model.get_state()
     config = {"format": FORMAT, "version": VERSION, **config}
     blob = numpy.frombuffer(json.dumps(config).encode("utf-8"), dtype=numpy.uint8)
     atomic_write(path, lambda f: numpy.savez(f, __config__=blob, **arrays))
@@ -75,12 +75,3 @@ def read_file(path):
         raise ValueError(f"{path}: written by a newer scratchnet (format version {version!r}); "
                          "upgrade scratchnet to load it")
     return config, arrays
-
-
-def load(path, backend=None):
-    """Load a model saved with ``model.save``; onto ``backend`` (a name) or the
-    current backend. A model saved on a GPU loads on a CPU-only machine."""
-    from .model import Sequential
-    config, arrays = read_file(path)
-    return Sequential.from_state(config, arrays, backend=backend, source=os.fsdecode(path)
-                                 if isinstance(path, bytes) else os.fspath(path))

@@ -257,8 +257,8 @@ def _activation_spec(activation):
     if activation is None or activation == "identity":
         return None
     if isinstance(activation, str) and activation in ACTIVATION_LAYERS:
-        layer_cls = ACTIVATION_LAYERS[activation]
-        return layer_cls.kind, layer_cls.alpha
+        layer = ACTIVATION_LAYERS[activation]()      # its default alpha (LeakyReLU: 0.01)
+        return layer.kind, layer.alpha
     raise ValueError(f"unknown activation {activation!r}; expected None or one of "
                      f"{sorted(ACTIVATION_LAYERS)}")
 

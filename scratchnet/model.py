@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import numpy
 
+import os
+
 from . import layers as L
+from .io import read_file, write_file
 from ._validate import (as_dtype, as_host_numeric, check_backend_of, check_labels, check_number,
                         check_positive_int)
 from .backends import get_backend, get_ops
@@ -35,7 +38,7 @@ from .training import (STEPS, BatchSource, ClipGradNorm, History, ProgressBar, T
 
 MODES = ("minibatch", "per_sample", "full_batch")
 
-__all__ = ["Sequential", "History", "TrainingDivergedError", "MODES"]
+__all__ = ["Sequential", "History", "TrainingDivergedError", "MODES", "load"]
 
 
 class _Layout:
@@ -393,7 +396,7 @@ class Sequential:
     # -- training -------------------------------------------------------------
     def fit(self, X, y, loss, optimizer, epochs=1, batch_size=32, mode="minibatch",
             validation_data=None, shuffle=True, progress=False, lr_schedule=None,
-            callbacks=None, diagnostics=False, clip_grad_norm=None):
+            callbacks=None, diagnostics=False, clip_grad_norm=None, grad_hooks=None):
         """Train; returns a ``History`` with per-epoch ``loss``, ``accuracy`` and,
         with ``validation_data=(Xv, yv)``, ``val_loss`` and ``val_accuracy``.
 
@@ -408,6 +411,9 @@ class Sequential:
         ``scratchnet.diagnostics``) in ``history.diagnostics``.
         clip_grad_norm: clip the global gradient norm to this value before
         every update (as ``torch.nn.utils.clip_grad_norm_``).
+        grad_hooks: callables ``hook(model)`` run after backward and before
+        every update, in order (after the clipping); they may read or change
+        the gradients (``model.flat_gradients()``).
         progress: a tqdm bar in a terminal or notebook; one line per epoch in
         a log or pipe.
         With BatchNorm, a last batch of one row is folded into the batch
@@ -428,6 +434,10 @@ class Sequential:
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be a callable epoch -> lr")
         hooks = [ClipGradNorm(clip_grad_norm)] if clip_grad_norm is not None else []
+        for hook in grad_hooks or ():
+            if not callable(hook):
+                raise TypeError(f"grad_hooks must hold callables hook(model), got {hook!r}")
+            hooks.append(hook)
         X = self._input(X)
         y = self._targets(loss, y, X)
         val = None
@@ -623,8 +633,15 @@ class Sequential:
     def save(self, path):
         """Write the model (and its optimizer's state, if any) to ``path`` (.npz),
         atomically: a failed save leaves any previous file intact."""
-        from .io import save_model
-        save_model(self, path)
+        write_file(path, *self.get_state())
+
+
+def load(path, backend=None):
+    """Load a model saved with ``model.save``; onto ``backend`` (a name) or the
+    current backend. A model saved on a GPU loads on a CPU-only machine."""
+    config, arrays = read_file(path)
+    source = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path)
+    return Sequential.from_state(config, arrays, backend=backend, source=source)
 
 
 def _named(layers, kind):

@@ -102,7 +102,37 @@ OPTIMIZERS = {
                 lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.01)),
     "adam_betas": (lambda: sn.Adam(lr=0.005, betas=(0.8, 0.99), eps=1e-6),
                    lambda p: torch.optim.Adam(p, lr=0.005, betas=(0.8, 0.99), eps=1e-6)),
+    # the optimizers added with the core rework, at PyTorch's defaults and with options
+    "adamw": (lambda: sn.AdamW(), lambda p: torch.optim.AdamW(p)),
+    "adamw_options": (lambda: sn.AdamW(lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1),
+                      lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.8, 0.95), eps=1e-6,
+                                                  weight_decay=0.1)),
+    "rmsprop": (lambda: sn.RMSprop(), lambda p: torch.optim.RMSprop(p)),
+    "rmsprop_options": (lambda: sn.RMSprop(lr=0.005, alpha=0.9, eps=1e-6, weight_decay=0.01,
+                                           momentum=0.8, centered=True),
+                        lambda p: torch.optim.RMSprop(p, lr=0.005, alpha=0.9, eps=1e-6,
+                                                      weight_decay=0.01, momentum=0.8,
+                                                      centered=True)),
+    "adagrad": (lambda: sn.Adagrad(), lambda p: torch.optim.Adagrad(p)),
+    "adagrad_options": (lambda: sn.Adagrad(lr=0.05, lr_decay=0.01, weight_decay=0.01,
+                                           initial_accumulator_value=0.1, eps=1e-8),
+                        lambda p: torch.optim.Adagrad(p, lr=0.05, lr_decay=0.01, weight_decay=0.01,
+                                                      initial_accumulator_value=0.1, eps=1e-8)),
+    # no weight decay on the biases: torch's two parameter groups
+    "sgd_wd_not_biases": (
+        lambda: sn.SGD(lr=0.1, momentum=0.9, weight_decay=0.05, exclude_from_weight_decay=("b",)),
+        lambda p: torch.optim.SGD(_groups(p), lr=0.1, momentum=0.9, weight_decay=0.05)),
+    "adamw_wd_not_biases": (
+        lambda: sn.AdamW(lr=0.01, weight_decay=0.1, exclude_from_weight_decay=("b",)),
+        lambda p: torch.optim.AdamW(_groups(p), lr=0.01, weight_decay=0.1)),
 }
+
+
+def _groups(params):
+    """torch parameter groups: weights decay, biases (1-D) do not."""
+    params = list(params)
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim == 1], "weight_decay": 0.0}]
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
