@@ -29,6 +29,7 @@ import time
 
 import numpy
 
+from ._plotting import plain_log_ticks
 from ._progress import Progress
 from ._validate import check_number
 from .model import Sequential
@@ -224,16 +225,6 @@ def plot_comparison(results, path):
     return path
 
 
-def _plain_log_ticks(axis, ratio):
-    """Plain numbers (0.2, 0.5, 1) on a log axis, enough of them to read a
-    range narrower than a power of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-    subs = (1.0, 2.0, 5.0) if ratio > 10 else tuple(float(k) for k in range(1, 10))
-    axis.set_major_locator(LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
 def comparison_figure(results):
     """The matplotlib ``Figure`` that ``plot_comparison`` writes."""
     try:
@@ -258,7 +249,7 @@ def comparison_figure(results):
     # A log axis needs positive values (a loss can be 0, e.g. MSE on exact targets).
     if losses and all(x > 0 for x in losses):
         ax_loss.set_yscale("log")
-        _plain_log_ticks(ax_loss.yaxis, max(losses) / min(losses))
+        plain_log_ticks(ax_loss.yaxis, max(losses) / min(losses))
         ax_loss.set_ylabel("loss (log scale)")
     else:
         ax_loss.set_ylabel("loss")

@@ -8,7 +8,7 @@ records, per layer and per epoch, the statistics below and leaves a
                   diagnostics=True).diagnostics
     print(d.summary())          # plain-language findings, with numbers
     d.problems                  # [Problem(kind, layer, message, numbers)]
-    d.plot("diag/")             # gradient_norms.png, dead_units.png, ... summary.txt
+    d.plot("diag/")             # gradient_norms.png, saturation.png, ... summary.txt
 
 What is recorded (layers are numbered as in ``model.summary()``; layers inside
 a ``Residual`` block get a path string such as ``"3.1"``):
@@ -77,6 +77,8 @@ from dataclasses import dataclass, field
 import numpy
 
 from . import layers as L
+from ._plotting import plain_log_ticks
+from ._progress import plural
 
 __all__ = ["Recorder", "Diagnostics", "Problem"]
 
@@ -504,14 +506,15 @@ class Diagnostics:
             hint += f" (validation loss was lowest at epoch {int(numpy.nanargmin(best)) + 1})"
         if numpy.all(numpy.diff(vl) > 0) and tl[-1] < tl[0]:
             return [Problem("overfitting", None,
-                            f"validation loss rising for {k} epochs in a row ({vl[0]:#.4g} at "
+                            f"validation loss rising for {plural(k, 'epoch')} in a row "
+                            f"({vl[0]:#.4g} at "
                             f"epoch {first} -> {vl[-1]:#.4g} at epoch {final}) while training "
                             f"loss falls ({tl[0]:#.4g} -> {tl[-1]:#.4g}) (overfitting)",
                             {"epochs": k, "val_loss": [float(x) for x in vl],
                              "loss": [float(x) for x in tl]}, hint)]
         if numpy.all(numpy.diff(va) < 0) and ta[-1] > ta[0]:
             return [Problem("overfitting", None,
-                            f"validation accuracy falling for {k} epochs in a row "
+                            f"validation accuracy falling for {plural(k, 'epoch')} in a row "
                             f"({va[0]:.2%} at epoch {first} -> {va[-1]:.2%} at epoch {final}) "
                             f"while training accuracy rises ({ta[0]:.2%} -> {ta[-1]:.2%}) "
                             f"(overfitting)",
@@ -529,9 +532,9 @@ class Diagnostics:
         steps = sum(e.get("steps", 0) for e in self.epochs)
         sampled = sum(e.get("sampled_steps", 0) for e in self.epochs)
         tracked = sum(e.get("dead_tracked_steps", 0) for e in self.epochs)
-        lines = [f"Training diagnostics: {len(self.epochs)} epoch(s), {len(self.layers)} "
-                 f"recorded layers ({n_dense} Dense); norms and activation statistics from "
-                 f"{sampled} of {steps} steps"
+        lines = [f"Training diagnostics: {plural(len(self.epochs), 'epoch')}, "
+                 f"{plural(len(self.layers), 'recorded layer')} ({n_dense} Dense); norms and "
+                 f"activation statistics from {sampled} of {plural(steps, 'step')}"
                  + (f", dead units from {tracked}" if self._of_kind("relu") else "")
                  + ("." if sampled == steps else " (Recorder(every=1) records every step).")]
         if self.problems:
@@ -558,7 +561,7 @@ class Diagnostics:
                      _fmt(st.get("dead_fraction"), "{:6.0%}", 6),
                      _fmt(st.get("saturated_fraction"), "{:9.0%}", 9)]
             label = f"{info['layer']} {info['name']}"
-            lines.append(f"  {label:<24} " + " ".join(cells))
+            lines.append((f"  {label:<24} " + " ".join(cells)).rstrip())
         lines.append("")
         first, final = self.epochs[0], self.epochs[-1]
         for key, name, fmt in (("loss", "training loss", "{:.4g}"),
@@ -580,20 +583,38 @@ class Diagnostics:
 
     # -- plots ----------------------------------------------------------------
     def plot(self, directory):
-        """Write ``gradient_norms.png``, ``update_ratios.png``, ``dead_units.png``,
-        ``curves.png`` and ``summary.txt`` into ``directory`` (created if needed);
-        returns the paths written. Needs matplotlib (``pip install scratchnet[plot]``)."""
-        Figure = _figure_class()
+        """Write the figures of ``figures()`` as PNGs and ``summary.txt`` into
+        ``directory`` (created if needed); returns the paths written. Needs
+        matplotlib (``pip install scratchnet[plot]``)."""
+        figures = self.figures()
         os.makedirs(directory, exist_ok=True)
-        x = numpy.arange(1, len(self.epochs) + 1)
         written = []
-
-        def save(fig, name):
+        for name, fig in figures.items():
             path = os.path.join(directory, name)
-            fig.tight_layout()
             fig.savefig(path, dpi=100, bbox_inches="tight")
             written.append(path)
+        path = os.path.join(directory, "summary.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.summary() + "\n")
+        written.append(path)
+        return written
 
+    def figures(self):
+        """The plots that apply to this model, as matplotlib Figures by file name:
+
+        * ``gradient_norms.png``, ``update_ratios.png``: per Dense layer (log scale);
+        * ``dead_units.png`` (only with ReLU layers): the fraction of dead units;
+        * ``saturation.png`` (only with sigmoid/tanh layers): the fraction of
+          saturated outputs, and the spread (std) of the outputs, which falls
+          towards 0 when a layer outputs nearly the same value for every input;
+        * ``curves.png``: loss and accuracy, training and validation.
+
+        Layers whose curves are equal are drawn as one line with one label, so
+        no line hides another. Legends sit outside the plotting area.
+        """
+        Figure = _figure_class()
+        x = numpy.arange(1, len(self.epochs) + 1)
+        figures = {}
         dense = self._of_kind("dense")
         for fname, key, title, ylabel in (
                 ("gradient_norms.png", "grad_norm", "Gradient norm per layer", "||dW||"),
@@ -601,62 +622,108 @@ class Diagnostics:
                  "||ΔW|| / ||W|| per step")):
             fig = Figure(figsize=(7, 4.5))
             ax = fig.add_subplot()
-            for info in dense:
-                y = self.series(info["layer"], key)
-                ax.plot(x, numpy.where(y > 0, y, numpy.nan), marker="o", ms=3,
-                        label=self._label(info))
+            spread = self._draw(ax, x, dense, key, positive=True)
             ax.set_yscale("log")
-            ax.set_xlabel("epoch")
-            _integer_ticks(ax)
+            if spread and spread < 1e3:    # a few decades: plain numbers read best
+                plain_log_ticks(ax.yaxis, spread)
+            _epoch_axis(ax)
             ax.set_ylabel(ylabel + " (log scale)")
             ax.set_title(title)
-            if dense:
-                _legend_outside(ax)
-            save(fig, fname)
+            fig.tight_layout()
+            figures[fname] = fig
 
-        fig = Figure(figsize=(7, 4.5))
-        ax = fig.add_subplot()
-        n = 0
-        for info in self._of_kind("relu"):
-            ax.plot(x, self.series(info["layer"], "dead_fraction"), marker="o", ms=3,
-                    label=f"{self._label(info)}: dead units")
-            n += 1
-        for info in self._of_kind("sigmoid", "tanh"):
-            ax.plot(x, self.series(info["layer"], "saturated_fraction"), marker="s", ms=3,
-                    ls="--", label=f"{self._label(info)}: saturated outputs")
-            n += 1
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("epoch")
-        _integer_ticks(ax)
-        ax.set_ylabel("fraction")
-        ax.set_title("Dead ReLU units and saturated sigmoid/tanh outputs")
-        if n:
-            _legend_outside(ax)
-        else:
-            ax.text(0.5, 0.5, "no ReLU, sigmoid or tanh layers", ha="center",
-                    transform=ax.transAxes)
-        save(fig, "dead_units.png")
+        relu = self._of_kind("relu")
+        if relu:
+            fig = Figure(figsize=(7, 4.5))
+            ax = fig.add_subplot()
+            self._draw(ax, x, relu, "dead_fraction")
+            _fraction_axis(ax, "fraction of units dead")
+            _epoch_axis(ax)
+            ax.set_title("Dead ReLU units (zero for every sample seen in the epoch)")
+            fig.tight_layout()
+            figures["dead_units.png"] = fig
 
-        fig = Figure(figsize=(10, 4))
+        squashing = self._of_kind("sigmoid", "tanh")
+        if squashing:
+            fig = Figure(figsize=(7.5, 7))
+            ax_sat, ax_std = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+            self._draw(ax_sat, x, squashing, "saturated_fraction")
+            _fraction_axis(ax_sat, "fraction of outputs saturated")
+            kinds = {info["kind"] for info in squashing}
+            tails = [t for k, t in (("sigmoid", f"sigmoid < {SIGMOID_LOW:g} or > "
+                                                f"{1 - SIGMOID_LOW:g}"),
+                                    ("tanh", f"|tanh| > {TANH_HIGH:g}")) if k in kinds]
+            ax_sat.set_title(f"Saturated outputs ({', '.join(tails)})")
+            spread = self._draw(ax_std, x, squashing, "std", positive=True)
+            ax_std.set_yscale("log")
+            if spread:
+                plain_log_ticks(ax_std.yaxis, spread)
+            ax_std.set_ylabel("std of the outputs (log scale)")
+            ax_std.set_title("Spread of the outputs (near 0: the same output for every input)")
+            for ax in (ax_sat, ax_std):
+                _epoch_axis(ax)
+            fig.tight_layout()
+            figures["saturation.png"] = fig
+
+        fig = Figure(figsize=(10, 4.4))
+        handles = {}
         for i, (key, title) in enumerate((("loss", "Loss"), ("accuracy", "Accuracy"))):
             ax = fig.add_subplot(1, 2, i + 1)
-            for k, label in ((key, "training"), ("val_" + key, "validation")):
+            for k, label, color in ((key, "training", "tab:blue"),
+                                    ("val_" + key, "validation", "tab:orange")):
                 y = self.metric(k)
                 if numpy.isfinite(y).any():
-                    ax.plot(x, y, marker="o", ms=3, label=label)
-            ax.set_xlabel("epoch")
-            _integer_ticks(ax)
+                    handles[label], = ax.plot(x, y, marker="o", ms=3, color=color, label=label)
+            _epoch_axis(ax)
             ax.set_ylabel(key)
             ax.set_title(title)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend()
-        save(fig, "curves.png")
+            ax.grid(alpha=0.3)
+        if handles:     # one legend for both panels, below them
+            fig.legend(list(handles.values()), list(handles), loc="lower center",
+                       ncol=len(handles), frameon=False)
+        fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
+        figures["curves.png"] = fig
+        return figures
 
-        path = os.path.join(directory, "summary.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.summary() + "\n")
-        written.append(path)
-        return written
+    def _draw(self, ax, x, infos, key, positive=False):
+        """One line per distinct series of ``key`` over ``infos``' layers; layers
+        with the same values share one dark dashed line and its label. Each
+        layer keeps its colour (its place in ``infos``) across panels.
+        ``positive``: values <= 0 cannot be drawn (log axes); the legend says
+        in how many epochs a layer's value was 0. Returns max / min of the
+        values drawn (None when there are none)."""
+        colours = {info["layer"]: f"C{i % 10}" for i, info in enumerate(infos)}
+        groups = []             # [(infos, y)]
+        for info in infos:
+            y = self.series(info["layer"], key)
+            for members, other in groups:
+                if numpy.allclose(y, other, rtol=1e-6, atol=0, equal_nan=True):
+                    members.append(info)
+                    break
+            else:
+                groups.append(([info], y))
+        drawn = []
+        for members, y in groups:
+            style = ({"color": colours[members[0]["layer"]]} if len(members) == 1 else
+                     {"color": "0.2", "ls": "--"})
+            label = _group_label(members)
+            if positive:
+                zero = int((y == 0).sum())
+                if zero:
+                    label += (": always 0" if zero == len(y) else
+                              f": 0 in {plural(zero, 'epoch')}") + " (not drawn)"
+                y = numpy.where(y > 0, y, numpy.nan)
+            ax.plot(x, y, marker="o", ms=3, label=label, **style)
+            drawn.append(y)
+        ax.grid(alpha=0.3)
+        if groups:
+            _legend_outside(ax)
+        if len(groups) == 1 and len(infos) > 1:
+            ax.text(0.02, 0.95, f"all {len(infos)} layers: the same values", va="top",
+                    transform=ax.transAxes, fontsize="small", color="0.3")
+        values = numpy.concatenate(drawn) if drawn else numpy.array([])
+        values = values[numpy.isfinite(values) & (values > 0)]
+        return float(values.max() / values.min()) if values.size else None
 
 
 def _fmt(value, spec, width):
@@ -668,12 +735,37 @@ def _fmt(value, spec, width):
 
 
 def _legend_outside(ax):
-    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    """The legend to the right of the axes, never over a curve; the figure is
+    widened for long labels so that the plot keeps its width."""
+    legend = ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    longest = max((len(t.get_text()) for t in legend.get_texts()), default=0)
+    # about 5 inches of plot and labels, 0.07 inch per character of small text
+    needed = 5.8 + 0.07 * longest
+    if ax.figure.get_figwidth() < needed:
+        ax.figure.set_figwidth(needed)
 
 
-def _integer_ticks(ax):
+def _group_label(infos):
+    """'layer 1 (Sigmoid)', or 'layers 1, 3, 5 (Sigmoid)' for layers sharing a line."""
+    if len(infos) == 1:
+        return f"layer {infos[0]['layer']} ({infos[0]['name']})"
+    names = {info["name"] for info in infos}
+    if len(names) == 1:
+        return f"layers {', '.join(str(i['layer']) for i in infos)} ({names.pop()})"
+    return "layers " + ", ".join(f"{i['layer']} ({i['name']})" for i in infos)
+
+
+def _epoch_axis(ax):
     from matplotlib.ticker import MaxNLocator
+    ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _fraction_axis(ax, label):
+    from matplotlib.ticker import PercentFormatter
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylabel(label)
 
 
 def _figure_class():

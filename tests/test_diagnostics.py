@@ -309,11 +309,93 @@ def test_plot_writes_pngs_and_summary(tmp_path, digits):
                   validation_data=val, diagnostics=True).diagnostics
     written = d.plot(tmp_path / "diag")
     names = sorted(p.rsplit("/", 1)[-1] for p in map(str, written))
-    assert names == ["curves.png", "dead_units.png", "gradient_norms.png", "summary.txt",
-                     "update_ratios.png"]
+    assert names == ["curves.png", "dead_units.png", "gradient_norms.png", "saturation.png",
+                     "summary.txt", "update_ratios.png"]
     for name in (n for n in names if n.endswith(".png")):
         assert (tmp_path / "diag" / name).read_bytes()[:8] == PNG
     assert (tmp_path / "diag" / "summary.txt").read_text() == d.summary() + "\n"
+
+
+def trained_diagnostics(act, init, epochs=2, depth=4):
+    (X, y), val = sn.datasets.load_digits()
+    return deep_net(act, init, "numpy", depth=depth).fit(
+        X, y, "softmax_cross_entropy", sn.SGD(0.1), epochs=epochs, batch_size=128,
+        validation_data=val, diagnostics=Recorder(every=1)).diagnostics
+
+
+def legend_labels(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_sigmoid_net_plots_saturation_not_dead_units():
+    pytest.importorskip("matplotlib")
+    d = trained_diagnostics(sn.Sigmoid, "normal")
+    figures = d.figures()
+    assert "saturation.png" in figures and "dead_units.png" not in figures
+    ax_sat, ax_std = figures["saturation.png"].axes
+    assert "saturated" in ax_sat.get_ylabel() and ax_std.get_yscale() == "log"
+    # the spread panel holds each sigmoid layer's recorded output std
+    sigmoids = [x["layer"] for x in d.layers if x["kind"] == "sigmoid"]
+    stds = sorted(tuple(line.get_ydata()) for line in ax_std.get_lines())
+    assert stds == sorted(tuple(d.series(p, "std")) for p in sigmoids)
+
+
+def test_equal_curves_share_one_line_and_say_so():
+    pytest.importorskip("matplotlib")
+    d = trained_diagnostics(sn.Sigmoid, "normal")
+    sigmoids = [x["layer"] for x in d.layers if x["kind"] == "sigmoid"]
+    assert all((d.series(p, "saturated_fraction") == 0).all() for p in sigmoids)
+    ax_sat = d.figures()["saturation.png"].axes[0]
+    assert len(ax_sat.get_lines()) == 1            # not three lines on top of each other
+    assert legend_labels(ax_sat) == [f"layers {', '.join(map(str, sigmoids))} (Sigmoid)"]
+
+
+def test_relu_net_plots_dead_units_not_saturation():
+    pytest.importorskip("matplotlib")
+    d = trained_diagnostics(sn.ReLU, "he")
+    figures = d.figures()
+    assert "dead_units.png" in figures and "saturation.png" not in figures
+    relus = [x["layer"] for x in d.layers if x["kind"] == "relu"]
+    drawn = numpy.concatenate([line.get_ydata() for line in figures["dead_units.png"].axes[0]
+                               .get_lines()])
+    recorded = numpy.concatenate([d.series(p, "dead_fraction") for p in relus])
+    assert set(drawn.tolist()) == set(recorded.tolist())
+
+
+def assert_legends_cover_no_axes(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), (legend, ax)
+
+
+def test_no_legend_covers_a_plot(digits):
+    pytest.importorskip("matplotlib")
+    from scratchnet.compare import comparison_figure
+    for act, init in ((sn.Sigmoid, "normal"), (sn.ReLU, "he"), (sn.Tanh, "xavier")):
+        for fig in trained_diagnostics(act, init).figures().values():
+            assert_legends_cover_no_axes(fig)
+    (X, y), val = digits
+    result = compare_optimizers(deep_net(sn.ReLU, "he", "numpy", depth=2), X[:300], y[:300],
+                                "sgd,adam", epochs=2, batch_size=50, validation_data=val)
+    assert_legends_cover_no_axes(comparison_figure(result))
+
+
+def test_comparison_plots_the_loss_on_a_log_axis(digits):
+    pytest.importorskip("matplotlib")
+    from scratchnet.compare import comparison_figure
+    (X, y), val = digits
+    result = compare_optimizers(deep_net(sn.ReLU, "he", "numpy", depth=2), X[:300], y[:300],
+                                "sgd,momentum", epochs=3, batch_size=50, validation_data=val)
+    ax_loss, ax_acc = comparison_figure(result).axes
+    assert ax_loss.get_yscale() == "log" and ax_acc.get_yscale() == "linear"
+    assert [line.get_ydata().tolist() for line in ax_loss.get_lines()] == \
+        [h.history["loss"] for h in result.histories.values()]
 
 
 def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
