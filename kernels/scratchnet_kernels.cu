@@ -175,6 +175,23 @@ __global__ void softmax_xent_grad(const T* logits, const L* labels, const T* sta
     }
 }
 
+// ------------------------------- (c2) sigmoid + binary cross-entropy
+// On logits z and targets t, n elements (any shape, flat), elementwise:
+//   loss[i] = max(z, 0) - z t + log(1 + exp(-|z|)),  grad[i] = (sigmoid(z) - t) * inv_n
+// with inv_n = 1/n; the backend averages loss[]. exp is taken of -|z| <= 0
+// only, and once: exact for any z, and sigmoid and the log term share it.
+template <typename T>
+__global__ void sigmoid_bce(const T* z, const T* t, T* loss, T* grad, long long n,
+                            T inv_n) {
+    SN_GRID_STRIDE(i, n) {
+        const T zi = z[i];
+        const T ti = t[i];
+        const T e = sn_exp(-sn_abs(zi));
+        grad[i] = ((zi >= T(0) ? T(1) : e) / (T(1) + e) - ti) * inv_n;
+        loss[i] = (zi > T(0) ? zi : T(0)) - zi * ti + sn_log1p(e);
+    }
+}
+
 // ------------------------------------------------------ (d) optimizers
 // SGD, PyTorch's definition (dampening 0), in place:
 //   g = grad + wd * param;  v = momentum * v + g;
@@ -314,6 +331,7 @@ __global__ void dropout(const T* X, const float* u, T* out, T* mask, long long n
     template __global__ void act_backward_bias<T>(const T*, const T*, T*, T*, int, int, \
                                                   int, int, T);                \
     template __global__ void column_sum<T>(const T*, T*, int, int);            \
+    template __global__ void sigmoid_bce<T>(const T*, const T*, T*, T*, long long, T); \
     template __global__ void sgd_momentum<T>(T*, const T*, T*, long long, T, T, int, T); \
     template __global__ void adam<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, T, \
                                      T, T);                                    \

@@ -12,12 +12,20 @@ loss                       ``out`` (model output)      ``y``
 ``CrossEntropy``           probabilities (N, C)        same as above
 ``BinaryCrossEntropy``     probabilities (N, M)        0/1 (or soft) targets,
                                                        same shape ((N,) if M=1)
+``BCEWithLogits``          logits (N, ...)             0/1 (or soft) targets,
+                                                       same shape
 ``MSE``                    any (N, M)                  same shape; int labels
                                                        (N,) mean one-hot
 =========================  ==========================  ==========================
+
+``BCEWithLogits`` is ``BinaryCrossEntropyWithLogits``: sigmoid and binary
+cross-entropy in one, the loss to use instead of a ``Sigmoid`` layer followed
+by ``BinaryCrossEntropy``.
 """
 
 from __future__ import annotations
+
+import numpy
 
 from ._validate import check_labels, check_number, check_targets
 
@@ -147,33 +155,81 @@ class CrossEntropy(_ClassTargets):
         return {"eps": self.eps}
 
 
-class BinaryCrossEntropy(Loss):
-    """Binary cross-entropy on probabilities (e.g. after ``Sigmoid``), mean over
-    all elements; probabilities are clipped to [eps, 1 - eps]."""
+class _BinaryTargets(Loss):
+    """Targets in [0, 1] with the output's shape ((N,) for one output per
+    sample). A sample counts as correct when every one of its outputs lies on
+    the side of ``threshold`` that its target (> 0.5 or not) names."""
 
-    def __init__(self, eps=1e-7):
-        super().__init__()
-        self.eps = eps
+    #: The output value that separates a predicted 1 from a predicted 0.
+    threshold = 0.5
 
     def prepare_targets(self, y, out_shape, ops, dtype):
         t = check_targets(y, out_shape, "y")
         if (t < 0).any() or (t > 1).any():
-            raise ValueError("BinaryCrossEntropy targets must lie in [0, 1]")
+            raise ValueError(f"{type(self).__name__} targets must lie in [0, 1]")
         return ops.asarray(t, dtype=dtype)
 
-    def _compute(self, out, y, ops):
-        xp, dt = ops.xp, out.dtype.type
-        t = y
-        p = xp.clip(out, dt(self.eps), dt(1 - self.eps))
-        self._grad = (p - t) / (p * (1 - p) * dt(out.size))
-        return -(t * xp.log(p) + (1 - t) * xp.log(1 - p)).mean()
-
     def count_correct(self, out, y, ops):
-        hits = (out > 0.5) == (y > 0.5)
-        return hits.all(axis=1).sum() if out.ndim == 2 else hits.sum()
+        hits = (out > self.threshold) == (y > 0.5)
+        if hits.ndim == 1:
+            return hits.sum()
+        return hits.reshape(hits.shape[0], -1).all(axis=1).sum()
 
-    def get_config(self):
-        return {"eps": self.eps}
+
+class BinaryCrossEntropy(_BinaryTargets):
+    """Binary cross-entropy on probabilities (e.g. after ``Sigmoid``), mean over
+    all elements: PyTorch's ``BCELoss`` exactly. Each log is clamped at -100
+    (so p = 0 or 1 costs at most 100, never inf), and the gradient is
+    (p - t) / max(p (1 - p), 1e-12) / n: only p(1 - p) is floored, so an
+    output within 1e-7 of the wrong end still gets the full-size step.
+
+    After a ``Sigmoid`` layer prefer ``BinaryCrossEntropyWithLogits`` on the
+    logits: it is exact for any logit, while a float32 sigmoid rounds to
+    exactly 1 from z of about 17, and then no gradient passes back through it.
+    """
+
+    #: PyTorch's floor for each log term, and for p(1 - p) in the gradient
+    #: (PyTorch's 1e-12 is a C float: float32(1e-12), in float64 too).
+    LOG_FLOOR = -100.0
+    GRAD_FLOOR = float(numpy.float32(1e-12))
+
+    def _compute(self, out, y, ops):
+        # On every path (forward, fit, evaluate): logits would give NaN logs.
+        if bool(out.min() < 0) or bool(out.max() > 1):
+            raise ValueError("BinaryCrossEntropy expects probabilities in [0, 1] (e.g. after a "
+                             "Sigmoid layer), got values outside [0, 1]; for logits use "
+                             "BinaryCrossEntropyWithLogits")
+        xp, dt = ops.xp, out.dtype.type
+        p, t = out, y
+        self._grad = (p - t) / xp.maximum(p * (1 - p), dt(self.GRAD_FLOOR)) / dt(out.size)
+        with numpy.errstate(divide="ignore"):  # log(0) = -inf, clamped just below
+            log_p = xp.maximum(xp.log(p), dt(self.LOG_FLOOR))
+            log_1mp = xp.maximum(xp.log1p(-p), dt(self.LOG_FLOOR))
+        return -(t * log_p + (1 - t) * log_1mp).mean()
+
+
+class BinaryCrossEntropyWithLogits(_BinaryTargets):
+    """Sigmoid and binary cross-entropy fused, on logits: PyTorch's
+    ``BCEWithLogitsLoss``, mean over all elements. Use it instead of a
+    ``Sigmoid`` layer followed by ``BinaryCrossEntropy``.
+
+    loss = mean(max(z, 0) - z t + log(1 + exp(-|z|))) and dL/dz =
+    (sigmoid(z) - t) / n: the sigmoid's derivative cancels, so a confidently
+    wrong output gets the full step (no learning slowdown), and both are exact
+    for any z. One fused backend call (``ops.sigmoid_bce``). The output may
+    have any shape (N, ...); a sample is counted correct when every logit has
+    the sign its target names (z > 0 predicts 1).
+    """
+
+    threshold = 0.0
+
+    def _compute(self, out, y, ops):
+        loss, self._grad = ops.sigmoid_bce(out, y)
+        return loss
+
+
+#: Short name, as PyTorch spells it.
+BCEWithLogits = BinaryCrossEntropyWithLogits
 
 
 class MSE(Loss):
@@ -210,7 +266,8 @@ class MSE(Loss):
 
 
 LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy, "cross_entropy": CrossEntropy,
-          "binary_cross_entropy": BinaryCrossEntropy, "mse": MSE}
+          "binary_cross_entropy": BinaryCrossEntropy,
+          "binary_cross_entropy_with_logits": BinaryCrossEntropyWithLogits, "mse": MSE}
 
 
 def get_loss(loss):

@@ -33,6 +33,10 @@
                                       int n_rows, int n_cols) {                \
         sn_launch(g, b, [&] { column_sum<T>(A, out, n_rows, n_cols); });       \
     }                                                                          \
+    extern "C" void sn_sigmoid_bce_##S(unsigned g, unsigned b, const T* z, const T* t, \
+                                       T* loss, T* grad, long long n, T inv_n) { \
+        sn_launch(g, b, [&] { sigmoid_bce<T>(z, t, loss, grad, n, inv_n); });  \
+    }                                                                          \
     extern "C" void sn_sgd_momentum_##S(unsigned g, unsigned b, T* param, const T* grad, \
                                         T* velocity, long long n, T lr, T momentum, \
                                         int nesterov, T weight_decay) {        \

@@ -285,6 +285,32 @@ def test_softmax_cross_entropy_bad_label_gives_nan(ops):
     assert numpy.isfinite(grad).all()
 
 
+# ---------------------------------------------- sigmoid + binary cross-entropy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(4, 3, 5)])
+def test_sigmoid_bce(ops, shape, dtype):
+    rng = numpy.random.default_rng(8)
+    z = data(shape, dtype, scale=6.0)
+    z.reshape(-1)[:4] = [60.0, -60.0, 0.0, 1e-20][: z.size]
+    t = rng.uniform(0, 1, shape).astype(dtype)
+    t.reshape(-1)[::3] = rng.integers(0, 2, t.reshape(-1)[::3].size)
+    loss, grad = ops.sigmoid_bce(z, t)
+    loss_want, grad_want = REF.sigmoid_bce(z, t)
+    assert numpy.asarray(loss).shape == () and loss.dtype == dtype
+    assert grad.shape == shape and grad.dtype == dtype
+    numpy.testing.assert_allclose(loss, loss_want, rtol=10 * tol(dtype)["rtol"])
+    numpy.testing.assert_allclose(grad, grad_want, rtol=tol(dtype)["rtol"],
+                                  atol=tol(dtype)["atol"] / z.size)
+
+
+def test_sigmoid_bce_rejects_mismatched_targets(ops):
+    z = data((5, 2), numpy.float32)
+    with pytest.raises(TypeError, match="targets must have the dtype of logits"):
+        ops.sigmoid_bce(z, z.astype(numpy.float64))
+    with pytest.raises(ValueError, match=r"targets must have the shape of logits \(5, 2\)"):
+        ops.sigmoid_bce(z, z[:4])
+
+
 # ------------------------------------------------------------- optimizers
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -476,6 +502,7 @@ def test_every_kernel_is_launched(shim, dtype):
     ops.act_backward_bias(X, X, "sigmoid")
     for labels in (numpy.zeros(40, numpy.int32), numpy.zeros(40, numpy.int64)):
         ops.softmax_cross_entropy(X, labels)
+    ops.sigmoid_bce(X, (X > 0).astype(dtype))
     ops.sgd_update(X.copy(), X, numpy.zeros_like(X), 0.1, momentum=0.9)
     ops.adam_update(X.copy(), X, numpy.zeros_like(X), numpy.zeros_like(X), 1, 1e-3)
     ops.adamw_update(X.copy(), X, numpy.zeros_like(X), numpy.zeros_like(X), 1, 1e-3)

@@ -166,28 +166,202 @@ def test_binary_cross_entropy_soft_targets_and_1d(backend):
     np.testing.assert_allclose(grad[:, 0], (p - t) / (p * (1 - p)) / 3, rtol=1e-12)
 
 
+def torch_loss(name, out, target, dtype):
+    """(value, d value / d out) of torch.nn.<name>() in ``dtype``, or a skip without torch."""
+    torch = pytest.importorskip("torch")
+    tdtype = {np.dtype("float32"): torch.float32, np.dtype("float64"): torch.float64}
+    o = torch.tensor(np.asarray(out, dtype), dtype=tdtype[np.dtype(dtype)], requires_grad=True)
+    value = getattr(torch.nn, name)()(o, torch.tensor(np.asarray(target, dtype)))
+    value.backward()
+    return value.item(), o.grad.numpy()
+
+
+#: Saturated probabilities: exactly 0 and 1, within 1e-30 and 1e-7 of either end.
+SATURATED_P = [0.0, 1.0, 1e-30, 1 - 1e-30, 1e-7, 1 - 1e-7, 0.5, 0.9]
+SATURATED_T = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.3, 1.0]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_binary_cross_entropy_clips_0_and_1(backend, dtype):
-    P = np.array([[0.0, 1.0, 0.0, 1.0]], dtype=dtype)
-    T = np.array([[1.0, 0.0, 0.0, 1.0]])
+def test_binary_cross_entropy_saturated_matches_torch(backend, dtype):
+    """PyTorch's BCELoss: logs clamped at -100, gradient (p - t) / max(p(1-p), 1e-12) / n."""
+    P = np.array([SATURATED_P, SATURATED_P[::-1]], dtype=dtype)
+    T = np.array([SATURATED_T, SATURATED_T[::-1]])
     with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
         warnings.simplefilter("error")
-        value, grad = run(backend, sn.BinaryCrossEntropy(eps=1e-7), P, T)
+        value, grad = run(backend, sn.BinaryCrossEntropy(), P, T)
+    tv, tg = torch_loss("BCELoss", P, T, dtype)
     assert np.isfinite(value) and np.isfinite(grad).all()
-    # probabilities clipped to [eps, 1 - eps] (as representable in dtype): each wrong
-    # certainty costs about -log(eps), each right one about 0
-    dt = np.dtype(dtype).type
-    p = np.clip(P, dt(1e-7), dt(1 - 1e-7)).astype(np.float64)
-    expected = -(T * np.log(p) + (1 - T) * np.log(1 - p)).mean()
-    assert close(value, expected, dtype)
-    assert value == pytest.approx(2 * -np.log(1e-7) / 4, rel=0.01)
-    assert_close(grad, (p - T) / (p * (1 - p)) / 4, dtype)
-    assert grad[0, 0] < 0 < grad[0, 1]
+    assert close(value, tv, dtype)
+    np.testing.assert_allclose(grad, tg, rtol=1e-6 if dtype == "float32" else 1e-13)
+    # and the formula itself, independently of torch
+    p = P.astype(np.float64)
+    expected_grad = (p - T) / np.maximum(p * (1 - p), float(np.float32(1e-12))) / P.size
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6 if dtype == "float32" else 1e-13)
+
+
+def test_binary_cross_entropy_wrong_certainty_costs_100(backend):
+    value, grad = run(backend, sn.BinaryCrossEntropy(), np.array([[0.0, 1.0]]),
+                      np.array([[1.0, 0.0]]))
+    assert value == 100.0
+    # (p - t) / 1e-12 / 2, with PyTorch's 1e-12 rounded to float32 (9.99999996e-13)
+    np.testing.assert_allclose(grad, [[-0.5e12, 0.5e12]], rtol=1e-8)
+
+
+def test_binary_cross_entropy_rejects_logits(backend):
+    with pytest.raises(ValueError, match="probabilities in \\[0, 1\\].*"
+                                         "BinaryCrossEntropyWithLogits"):
+        run(backend, sn.BinaryCrossEntropy(), np.array([[2.0], [-1.0]]), [1.0, 0.0])
 
 
 def test_binary_cross_entropy_rejects_targets_outside_0_1(backend):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run(backend, sn.BinaryCrossEntropy(), np.full((2, 1), 0.5), [0.0, 2.0])
+
+
+# --- BinaryCrossEntropyWithLogits -----------------------------------------------
+
+LOGITS = [-1e4, -100.0, -20.0, -3.0, -1e-3, 0.0, 1e-20, 0.7, 5.0, 20.0, 100.0, 1e4]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits_matches_torch(backend, dtype):
+    rng = np.random.default_rng(12)
+    Z = np.array([LOGITS, LOGITS[::-1], rng.normal(scale=4, size=len(LOGITS))], dtype=dtype)
+    T = rng.integers(0, 2, size=Z.shape).astype(float)
+    T[2, ::2] = rng.uniform(size=T[2, ::2].shape)  # soft targets too
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        value, grad = run(backend, sn.BinaryCrossEntropyWithLogits(), Z, T)
+    tv, tg = torch_loss("BCEWithLogitsLoss", Z, T, dtype)
+    assert close(value, tv, dtype)
+    np.testing.assert_allclose(grad, tg, rtol=1e-6 if dtype == "float32" else 1e-13,
+                               atol=1e-9 if dtype == "float32" else 1e-18)
+    # and the formula itself, independently of torch: exact for any z
+    z = Z.astype(np.float64)
+    expected = (np.maximum(z, 0) - z * T + np.log1p(np.exp(-np.abs(z)))).mean()
+    assert close(value, expected, dtype)
+    assert_close(grad, (0.5 * (1 + np.tanh(z / 2)) - T) / Z.size, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits_equals_sigmoid_then_bce(backend, dtype):
+    """Where the sigmoid is not saturated, the fused loss is Sigmoid + BinaryCrossEntropy."""
+    rng = np.random.default_rng(13)
+    Z = rng.normal(scale=2, size=(6, 3)).astype(dtype)
+    T = rng.integers(0, 2, size=(6, 3)).astype(float)
+    v1, g1 = run(backend, sn.BCEWithLogits(), Z, T)
+    P = (1 / (1 + np.exp(-Z.astype(np.float64)))).astype(dtype)
+    v2, g2 = run(backend, sn.BinaryCrossEntropy(), P, T)
+    assert close(v1, v2, dtype)
+    assert_close(g1, g2 * P * (1 - P), dtype, rtol=1e-4 if dtype == "float32" else 1e-9)
+
+
+def test_bce_with_logits_any_rank_and_1d_targets(backend):
+    rng = np.random.default_rng(14)
+    Z = rng.normal(scale=3, size=(4, 2, 3))
+    T = rng.integers(0, 2, size=(4, 2, 3)).astype(float)
+    value, grad = run(backend, sn.BCEWithLogits(), Z, T)
+    tv, tg = torch_loss("BCEWithLogitsLoss", Z, T, "float64")
+    assert value == pytest.approx(tv, rel=1e-12)
+    np.testing.assert_allclose(grad, tg, rtol=1e-12)
+    value, grad = run(backend, sn.BCEWithLogits(), Z[:, :1, 0], T[:, 0, 0])   # (N, 1), (N,)
+    tv, tg = torch_loss("BCEWithLogitsLoss", Z[:, :1, 0], T[:, :1, 0], "float64")
+    assert value == pytest.approx(tv, rel=1e-12)
+    np.testing.assert_allclose(grad, tg, rtol=1e-12)
+
+
+def test_bce_with_logits_accuracy_thresholds_at_zero(backend):
+    ops = get_ops(backend)
+    loss = sn.BCEWithLogits()
+    Z = ops.asarray(np.array([[0.5, -2.0], [0.1, 0.2], [-0.1, -3.0], [0.0, -1.0]]))
+    T = loss.prepare_targets(np.array([[1, 0], [1, 0], [0, 0], [1, 0]]), Z.shape, ops, Z.dtype)
+    # rows: both right; second wrong; both right; z = 0 predicts 0, target 1: wrong
+    assert int(loss.count_correct(Z, T, ops)) == 2
+    Z3 = ops.asarray(np.array([[[1.0], [-1.0]], [[1.0], [1.0]]]))
+    T3 = loss.prepare_targets(np.array([[[1], [0]], [[1], [0]]]), Z3.shape, ops, Z3.dtype)
+    assert int(loss.count_correct(Z3, T3, ops)) == 1
+    p = sn.BinaryCrossEntropy()
+    assert int(p.count_correct(Z3 * 0 + 0.7, T3, ops)) == 0   # 0.7 > 0.5: all predict 1
+
+
+def test_bce_with_logits_by_name_and_checks(backend):
+    assert isinstance(sn.losses.get_loss("binary_cross_entropy_with_logits"),
+                      sn.BinaryCrossEntropyWithLogits)
+    assert sn.BCEWithLogits is sn.BinaryCrossEntropyWithLogits
+    with pytest.raises(ValueError, match=r"BinaryCrossEntropyWithLogits targets .*\[0, 1\]"):
+        run(backend, sn.BCEWithLogits(), np.zeros((2, 1)), [0.0, 2.0])
+    with pytest.raises(ValueError, match="same shape"):
+        run(backend, sn.BCEWithLogits(), np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (7, 1), (33, 5), (4, 3, 2), (300, 257)])
+def test_sigmoid_bce_primitive_matches_numpy(ops, ref, dtype, shape):
+    """ops.sigmoid_bce on every backend against the NumPy backend's composed default."""
+    rng = np.random.default_rng(15)
+    z = (rng.normal(size=shape) * 8).astype(dtype)
+    z.reshape(-1)[:3] = [80.0, -80.0, 0.0][: z.size]
+    t = rng.uniform(size=shape).astype(dtype)
+    loss, grad = ops.sigmoid_bce(ops.asarray(z), ops.asarray(t))
+    rloss, rgrad = ref.sigmoid_bce(z, t)
+    assert host(grad).dtype == np.dtype(dtype) and host(grad).shape == shape
+    assert host(loss).dtype == np.dtype(dtype) and host(loss).shape == ()
+    tol = dict(rtol=1e-5, atol=1e-7 / z.size) if dtype == "float32" else \
+        dict(rtol=1e-12, atol=1e-15 / z.size)
+    np.testing.assert_allclose(host(loss), rloss, rtol=tol["rtol"])
+    np.testing.assert_allclose(host(grad), rgrad, **tol)
+
+
+def test_sigmoid_bce_primitive_noncontiguous_and_other_dtypes(ops, ref):
+    rng = np.random.default_rng(16)
+    z = rng.normal(size=(9, 8))
+    t = rng.uniform(size=(9, 8))
+    loss, grad = ops.sigmoid_bce(ops.asarray(z)[:, ::2], ops.asarray(t)[:, ::2])
+    rloss, rgrad = ref.sigmoid_bce(z[:, ::2], t[:, ::2])
+    np.testing.assert_allclose(host(loss), rloss, rtol=1e-12)
+    np.testing.assert_allclose(host(grad), rgrad, rtol=1e-12)
+    z16 = z.astype(np.float16)
+    loss, grad = ops.sigmoid_bce(ops.asarray(z16), ops.asarray(t.astype(np.float16)))
+    assert host(grad).dtype == np.float16
+    with pytest.raises(ValueError, match="empty"):
+        ops.sigmoid_bce(ops.asarray(np.zeros((0, 3))), ops.asarray(np.zeros((0, 3))))
+
+
+def test_bce_with_logits_gradcheck(backend):
+    rng = np.random.default_rng(17)
+    X = rng.normal(size=(6, 4))
+    for model, y in [
+            (sn.Sequential([sn.Dense(4, 5), sn.Tanh(), sn.Dense(5, 3)], seed=17, dtype="float64",
+                           backend=backend), rng.integers(0, 2, size=(6, 3)).astype(float)),
+            (sn.Sequential([sn.Dense(4, 1)], seed=18, dtype="float64", backend=backend),
+             rng.uniform(size=6))]:
+        res = sn.gradcheck(model, sn.BCEWithLogits(), X, y)
+        assert res, repr(res)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["bce", "bce_with_logits"])
+def test_saturated_wrong_output_takes_network2s_step(backend, dtype, loss):
+    """One weight, z = w x = 20 with x = 1, target 0, one SGD step with lr 1.
+
+    Cross-entropy exists so that dC/dw = (sigmoid(z) - t) x: network2.py moves w
+    to 20 - sigmoid(20) = 19.000000002. BinaryCrossEntropy used to divide by
+    p(1 - p) after clipping p to 1 - 1e-7 and moved w only to 19.979. In
+    float32 sigmoid(20) rounds to exactly 1, so only the loss on logits can
+    take the step there (PyTorch's Sigmoid + BCELoss does not move either)."""
+    layers = [sn.Dense(1, 1, bias=False)] + ([sn.Sigmoid()] if loss == "bce" else [])
+    model = sn.Sequential(layers, seed=0, dtype=dtype, backend=backend)
+    model.layers[0].W[...] = model.ops.asarray(np.array([[20.0]], dtype=dtype))
+    criterion = sn.BinaryCrossEntropy() if loss == "bce" else sn.BCEWithLogits()
+    criterion.forward(model.forward(np.ones((1, 1), dtype=dtype), training=True), [0.0])
+    model.backward(criterion.backward())
+    sn.SGD(lr=1.0).step(model)
+    w = float(host(model.layers[0].W)[0, 0])
+    if loss == "bce" and dtype == "float32":
+        assert w == 20.0
+    else:
+        assert w == pytest.approx(20 - 1 / (1 + np.exp(-20.0)),
+                                  abs=1e-6 if dtype == "float32" else 1e-12)
 
 
 # --- MSE ------------------------------------------------------------------------
@@ -237,7 +411,7 @@ def test_mse_shape_mismatch(backend):
 # --- shared behaviour -----------------------------------------------------------
 
 @pytest.mark.parametrize("loss", [sn.MSE, sn.SoftmaxCrossEntropy, sn.CrossEntropy,
-                                  sn.BinaryCrossEntropy])
+                                  sn.BinaryCrossEntropy, sn.BinaryCrossEntropyWithLogits])
 def test_backward_before_forward(loss):
     with pytest.raises(RuntimeError, match="before forward"):
         loss().backward()

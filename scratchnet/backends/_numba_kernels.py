@@ -47,7 +47,7 @@ CACHE = os.environ.get("SCRATCHNET_NUMBA_CACHE", "1").strip() != "0"
 
 #: The kernels ``NumbaOps`` calls (``warmup`` compiles each of them).
 KERNELS = ("take_rows", "bias_act", "act_backward", "column_sum", "softmax_cross_entropy",
-           "count_correct", "sgd_update", "adam_update", "adamw_update", "rmsprop_update",
+           "count_correct", "sigmoid_bce", "sgd_update", "adam_update", "adamw_update", "rmsprop_update",
            "adagrad_update", "dropout")
 
 #: Elements per block of rows (16 KiB of float32): the passes over a block
@@ -406,6 +406,28 @@ def count_correct(scores, labels):
                 top = v
         hits += best == labels[i]
     return hits
+
+
+@jit
+def sigmoid_bce(z, t, grad):
+    """Sigmoid + binary cross-entropy on flat (P,) logits z and targets t.
+
+    Writes grad = (sigmoid(z) - t) / P and returns the mean over the elements
+    of max(z, 0) - z t + log1p(exp(-|z|)), summed in float64. exp is taken of
+    -|z| only (exact for any z), and once: sigmoid and the log term share it.
+    """
+    n = z.shape[0]
+    zero = z.dtype.type(0)
+    one = z.dtype.type(1)
+    inv_n = z.dtype.type(1.0 / n)
+    total = 0.0
+    for k in range(n):
+        zk = z[k]
+        tk = t[k]
+        e = exp_nonpos(-abs(zk))
+        grad[k] = ((one if zk >= zero else e) / (one + e) - tk) * inv_n
+        total += (zk if zk > zero else zero) - zk * tk + math.log1p(e)
+    return total / n
 
 
 @jit

@@ -155,6 +155,28 @@ class Ops:
         """Number of rows whose argmax equals the label (0-d array, no sync)."""
         return (scores.argmax(axis=1) == labels).sum()
 
+    # ------------------------------------------- sigmoid + binary cross-entropy
+    def sigmoid_bce(self, logits, targets):
+        """Fused sigmoid + binary cross-entropy on logits (PyTorch's ``BCEWithLogitsLoss``).
+
+        logits: float array of any shape, treated as n flat elements; targets:
+        the same shape, in [0, 1]. Returns ``(loss, grad)``: ``loss`` = mean of
+        max(z, 0) - z t + log(1 + exp(-|z|)) as a 0-d array (no host sync),
+        ``grad`` = (sigmoid(z) - t) / n, shape and dtype of logits. exp is taken
+        of -|z| <= 0 only, so both are exact for any z: no overflow, and a
+        confidently wrong output still gets the full gradient.
+        """
+        if logits.size == 0:
+            raise ValueError("sigmoid_bce: logits are empty; the mean needs at least one element")
+        xp = self.xp
+        z, t = logits, targets
+        e = xp.exp(-xp.abs(z))
+        loss = (xp.maximum(z, 0) - z * t + xp.log1p(e)).mean()
+        p = xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+        # times 1/n, as PyTorch scales the gradient of a mean
+        grad = (p - t) * z.dtype.type(1.0 / z.size)
+        return loss, grad.astype(z.dtype, copy=False)
+
     # ---------------------------------------------------------------- dropout
     def dropout(self, X, p, rng):
         """Inverted dropout: returns ``(X * mask, mask)``.

@@ -30,7 +30,7 @@ from .._compat import array_library, is_cupy_array
 #: The kernel source file, and the kernels it defines.
 KERNEL_FILE = "scratchnet_kernels.cu"
 #: Kernels templated on the float type T.
-KERNELS_T = ("bias_act", "act_backward", "act_backward_bias", "column_sum",
+KERNELS_T = ("bias_act", "act_backward", "act_backward_bias", "column_sum", "sigmoid_bce",
              "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad", "dropout")
 #: Kernels templated on the float type T and the label type L.
 KERNELS_TL = ("softmax_xent_rows", "softmax_xent_grad")
@@ -443,6 +443,21 @@ class CupyOps(Ops):
                      (logits, labels, stats, losses, rows, cols), block=SMALL_BLOCK)
         self._launch(f"softmax_xent_grad<{ctypes_}>", logits.size,
                      (logits, labels, stats, grad, rows, cols))
+        return losses.mean(), grad  # 0-d device array: no host sync
+
+    # ------------------------------------------ sigmoid + binary cross-entropy
+    def sigmoid_bce(self, logits, targets):
+        if not self._fused(logits) or getattr(logits, "size", 0) == 0:
+            return super().sigmoid_bce(logits, targets)
+        self._check_device("logits", logits)
+        check_array("logits", logits)
+        self._check_device("targets", targets)
+        check_like("targets", targets, "logits", logits)
+        losses = self.xp.empty_like(logits)
+        grad = self.xp.empty_like(logits)
+        self._launch(f"sigmoid_bce<{FLOAT_CTYPES[logits.dtype]}>", logits.size,
+                     (logits, targets, losses, grad, numpy.int64(logits.size),
+                      logits.dtype.type(1.0 / logits.size)))
         return losses.mean(), grad  # 0-d device array: no host sync
 
     # ---------------------------------------------------------------- dropout

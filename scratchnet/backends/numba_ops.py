@@ -257,6 +257,21 @@ class NumbaOps(Ops):
         scores = numpy.ascontiguousarray(scores)
         return numpy.int64(self._run("count_correct", scores.dtype, scores, lab))
 
+    # --------------------------------------- sigmoid + binary cross-entropy
+    def sigmoid_bce(self, logits, targets):
+        """Fused sigmoid + binary cross-entropy: ``(loss, grad)`` in one pass.
+
+        logits: float32/float64 of any shape (flat elements); targets: the same
+        shape and dtype. Anything else goes to the base class.
+        """
+        if not (_floats(logits, targets) and targets.shape == logits.shape and logits.size):
+            return super().sigmoid_bce(logits, targets)
+        z = numpy.ascontiguousarray(logits)
+        grad = numpy.empty_like(z)
+        loss = self._run("sigmoid_bce", z.dtype, z.reshape(-1),
+                         numpy.ascontiguousarray(targets).reshape(-1), grad.reshape(-1))
+        return numpy.asarray(loss, dtype=z.dtype), grad
+
     # ---------------------------------------------------------- optimizers
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0, nesterov=False,
                    weight_decay=0.0):
@@ -364,6 +379,7 @@ class NumbaOps(Ops):
         self.act_backward_bias(Z, Y, "identity")
         self.softmax_cross_entropy(Z, labels)
         self.count_correct(Z, labels)
+        self.sigmoid_bce(Z, (Z > 0).astype(dtype))
         self.sgd_update(Z.copy(), Z, numpy.zeros_like(Z), 0.1, momentum=0.9)
         self.adam_update(Z.copy(), Z, numpy.zeros_like(Z), numpy.zeros_like(Z), 1, 0.1)
         self.adamw_update(Z.copy(), Z, numpy.zeros_like(Z), numpy.zeros_like(Z), 1, 0.1)
