@@ -263,7 +263,8 @@ class Sequential:
         except ValueError as err:
             raise ValueError(f"{name} of shape {tuple(arr.shape)} does not fit the model: "
                              f"{err}") from None
-        out = self.ops.asarray(arr, dtype=self.dtype)
+        with numpy.errstate(over="ignore"):      # overflow is reported below, naming X
+            out = self.ops.asarray(arr, dtype=self.dtype)
         if not _all_finite(out, self.ops):
             bad = int((~self.ops.xp.isfinite(out)).sum())
             src = numpy.asarray(arr) if isinstance(arr, numpy.ndarray) else None
