@@ -257,9 +257,8 @@ def make_loss():
 
 
 def make_optimizer(name, lr=None):
-    from .. import SGD, Adam
-    lr = OPTIMIZERS[name] if lr is None else lr
-    return SGD(lr) if name == "sgd" else Adam(lr)
+    from ..optimizers import get_optimizer
+    return get_optimizer(name, lr=OPTIMIZERS[name] if lr is None else lr)
 
 
 def _torch_device(impl):
