@@ -104,6 +104,20 @@ def test_softmax_cross_entropy_accepts_lists(backend):
     assert value == pytest.approx(np.log(4))
 
 
+@pytest.mark.parametrize("label", [-1, 3, 255])
+@pytest.mark.parametrize("label_dtype", ["int64", "int32"])
+def test_softmax_cross_entropy_rejects_labels_out_of_range(ops, label, label_dtype):
+    """Every backend refuses a label outside [0, C) alike (NumPy used to read -1
+    as the last class, Numba raised an IndexError)."""
+    logits = ops.asarray(np.zeros((4, 3), np.float32))
+    labels = ops.asarray(np.array([0, 2, label, 1], dtype=label_dtype))
+    with pytest.raises(ValueError, match=rf"^softmax_cross_entropy: label {label} is out of "
+                                         r"range \[0, 3\) for 3 classes$"):
+        ops.softmax_cross_entropy(logits, labels)
+    loss, _ = ops.softmax_cross_entropy(logits, ops.asarray(np.array([0, 2, 2, 1], label_dtype)))
+    assert float(host(loss)) == pytest.approx(np.log(3))
+
+
 # --- CrossEntropy (on probabilities) -------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

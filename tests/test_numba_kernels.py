@@ -221,8 +221,12 @@ def test_softmax_cross_entropy_nan_reaches_the_loss(nb):
 
 @pytest.mark.parametrize("label", [-1, 3])
 def test_softmax_cross_entropy_rejects_labels_out_of_range(nb, label):
-    with pytest.raises(IndexError, match="label"):
+    with pytest.raises(ValueError, match=rf"label {label} is out of range \[0, 3\)"):
         nb.softmax_cross_entropy(np.zeros((2, 3), np.float32), np.array([0, label]))
+    # the kernel itself still refuses to read outside the row (it does not bounds-check)
+    with pytest.raises(IndexError, match="label"):
+        kernels.softmax_cross_entropy(np.zeros((2, 3), np.float32), np.array([0, label]),
+                                      np.empty((2, 3), np.float32))
 
 
 # ----------------------------------------------------- count_correct, take_rows

@@ -433,6 +433,9 @@ class CupyOps(Ops):
         check_labels("labels", labels, n_rows)
         if labels.dtype not in LABEL_CTYPES:
             labels = labels.astype(numpy.int64)
+        # A kernel cannot raise (a bad label gives a NaN loss there), so check
+        # here, as every backend does: one small device-to-host copy.
+        self.check_label_range(labels, n_cols, "softmax_cross_entropy")
         xp = self.xp
         ctypes_ = f"{FLOAT_CTYPES[logits.dtype]}, {LABEL_CTYPES[labels.dtype]}"
         stats = xp.empty(2 * n_rows, dtype=logits.dtype)

@@ -229,13 +229,15 @@ class NumbaOps(Ops):
     def softmax_cross_entropy(self, logits, labels):
         """Fused softmax + cross-entropy: ``(loss, grad)``, loss a 0-d array of logits' dtype.
 
-        logits: (N, C) float; labels: (N,) integers in [0, C) (IndexError otherwise).
+        logits: (N, C) float; labels: (N,) integers in [0, C) (ValueError otherwise,
+        as in the base class).
         """
         lab = None
         if getattr(logits, "ndim", 0) == 2 and _floats(logits) and logits.size:
             lab = _labels(labels, logits.shape[0])
         if lab is None:
             return super().softmax_cross_entropy(logits, labels)
+        self.check_label_range(lab, logits.shape[1], "softmax_cross_entropy")
         logits = numpy.ascontiguousarray(logits)
         grad = numpy.empty_like(logits)
         loss = self._run("softmax_cross_entropy", logits.dtype, logits, lab, grad)
