@@ -130,9 +130,8 @@ class NumbaOps(Ops):
         self._ready[name, dtype.char] = kernel
         return result
 
-    def _activation_code(self, activation):
-        """The table entry's code, with the activation kernels built for the table as it is."""
-        code = activations.get_activation(activation).code
+    def _activation_code(self, spec):
+        """The entry's code, with the activation kernels built for the table as it is."""
         if self._table_version != activations.version():
             # An activation was registered or removed: rebuild the kernels from
             # the table and forget the ones compiled from the old one.
@@ -140,7 +139,7 @@ class NumbaOps(Ops):
             for key in [key for key in self._ready if key[0] in ACTIVATION_KERNELS]:
                 del self._ready[key]
             self._table_version = activations.version()
-        return code
+        return spec.code
 
     def _none(self, dtype):
         """An empty (0,) array: the kernels' stand-in for "no bias"."""
@@ -188,8 +187,7 @@ class NumbaOps(Ops):
         if out is None:
             out = Zc if Zc is not Z else numpy.empty_like(Zc)  # reuse our own copy
         b = self._none(Z.dtype) if b is None else numpy.ascontiguousarray(b)
-        self._run("bias_act", Z.dtype, Zc, b, self._activation_code(activation), float(alpha),
-                  out)
+        self._run("bias_act", Z.dtype, Zc, b, self._activation_code(spec), float(alpha), out)
         return out
 
     def _act_backward(self, dY, Y, activation, alpha, out, with_db):
@@ -208,7 +206,7 @@ class NumbaOps(Ops):
         if out is None:
             out = dYc if dYc is not dY else numpy.empty_like(dYc)
         self._run("act_backward", dY.dtype, dYc, numpy.ascontiguousarray(Y),
-                  self._activation_code(activation), float(alpha), out, db)
+                  self._activation_code(spec), float(alpha), out, db)
         return out, (db if with_db else None)
 
     def act_backward(self, dY, Y, activation, alpha=0.01, out=None):
