@@ -76,6 +76,21 @@ def test_entries_demangle_to_the_name_expressions(ptx):
     assert names == {e.replace(" ", "") for e in name_expressions()}
 
 
+def test_source_with_the_header_inlined_compiles(tmp_path):
+    """What CupyOps hands NVRTC (activations.cuh inlined, since NVRTC reads no
+    files) compiles on its own, away from the kernels/ folder, to the same entries."""
+    from scratchnet.backends.cupy_ops import nvrtc_source
+
+    src = tmp_path / KERNEL_FILE
+    src.write_text(nvrtc_source())
+    out = tmp_path / "inlined.ptx"
+    cmd = [NVCC, "--ptx", f"-arch={ARCHS[0]}", "-std=c++17", "-Werror", "all-warnings",
+           str(src), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+    assert len(entries(out.read_text())) == len(name_expressions())
+
+
 # --------------------------------------------------------------------- NVRTC
 def _nvrtc():
     """CuPy's NVRTC bindings when they and libnvrtc load (no GPU needed), else None."""
