@@ -25,6 +25,8 @@ import platform
 import sys
 from pathlib import Path
 
+from .._progress import plural
+
 PLOTS = ("samples_per_s.png", "speedup.png")
 TORCH_CPU = "torch-cpu"
 NAMES = {"numpy": "numpy", "numba": "numba", "cupy": "cupy", "torch-cpu": "PyTorch CPU",
@@ -126,7 +128,7 @@ def _backends():
             out[impl] = f"unavailable: {why}"
         elif impl == "torch-cpu":
             import torch
-            out[impl] = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+            out[impl] = f"torch {torch.__version__}, {plural(torch.get_num_threads(), 'thread')}"
         else:
             import torch
             out[impl] = f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}"
@@ -385,7 +387,8 @@ def _machine_section(raw):
         extra = ", ".join(str(x) for x in (lib.get("architecture"), lib.get("threading_layer"),
                                            lib.get("file")) if x)
         rows.append((f"BLAS/threads ({lib.get('user_api') or '?'})",
-                     f"{desc}: {lib.get('threads')} threads" + (f" ({extra})" if extra else "")))
+                     f"{desc}: {plural(lib.get('threads'), 'thread')}"
+                     + (f" ({extra})" if extra else "")))
     if blas.get("source"):
         rows.append(("BLAS info from", blas["source"]))
     if mi.get("thread_env"):
