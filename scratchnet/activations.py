@@ -188,8 +188,7 @@ def _tanh_grad_scalar(y, alpha):
 
 _SIGMOID_C = "T e = sn_exp(-sn_abs(z));\nreturn z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);"
 
-#: The built-in activations. Codes are fixed: saved kernels and the CUDA
-#: header use them.
+#: The built-in activations, in code order (the code is what a kernel is passed).
 _BUILTIN = (
     ActivationSpec("identity", 0, False, _identity, None, _identity_scalar, None,
                    "z", None, numba_forward=False),
