@@ -20,6 +20,7 @@ from .backends import (BackendUnavailableError, available_backends, get_backend,
                        use_backend)
 from .gradcheck import GradCheckResult, gradcheck
 from . import training
+from .conv import AvgPool2D, BatchNorm2D, Conv2D, GlobalAvgPool2D, MaxPool2D
 from .layers import (Activation, BatchNorm, Dense, Dropout, Flatten, Layer, LeakyReLU, ReLU,
                      Residual, Sigmoid, Softmax, Tanh, register_layer)
 from .losses import (MSE, BCEWithLogits, BinaryCrossEntropy, BinaryCrossEntropyWithLogits,
@@ -32,6 +33,7 @@ __all__ = [
     "Sequential", "History", "TrainingDivergedError",
     "Layer", "Dense", "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
     "Dropout", "BatchNorm", "Residual", "Flatten", "register_layer",
+    "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
     "Loss", "SoftmaxCrossEntropy", "CrossEntropy", "BinaryCrossEntropy",
     "BinaryCrossEntropyWithLogits", "BCEWithLogits", "MSE",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get_optimizer",

@@ -39,6 +39,11 @@ DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3}
 DEFAULT_MOMENTUM = 0.9
 #: Options that only some optimizers take: giving one to another optimizer is an error.
 OPTION_APPLIES_TO = {"momentum": ("momentum", "nesterov")}
+#: --model cnn: conv+pool block channels by default, the dense layers after
+#: them unless --hidden says otherwise, and each data set's image side.
+CNN_DEFAULT_CONV = "32,64"
+CNN_DEFAULT_HIDDEN = "128"
+IMAGE_SIDE = {"digits": 8, "fashion-mnist": 28, "mnist": 28}
 
 
 class UsageError(Exception):
@@ -56,7 +61,7 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="{train,compare,info,bench}")
     sub.required = True
 
-    t = sub.add_parser("train", help="train an MLP and report test accuracy")
+    t = sub.add_parser("train", help="train an MLP or a CNN and report test accuracy")
     _add_data_and_model_options(t)
     t.add_argument("--mode", choices=("minibatch", "per_sample", "full_batch"), default="minibatch",
                    help="backprop on the whole batch, one sample at a time, or one step per "
@@ -113,13 +118,22 @@ def _add_data_and_model_options(p):
     p.add_argument("--batch-size", type=int, help=f"(default: {_per_dataset('batch_size')})")
     p.add_argument("--hidden", help=f"hidden layer sizes, e.g. 256,128 "
                                     f"(default: {_per_dataset('hidden')})")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp: Dense layers on the flattened pixels; cnn: the --conv blocks, "
+                        "then the --hidden Dense layers (128 unless given) "
+                        "(default: %(default)s)")
+    p.add_argument("--conv", help=f"with --model cnn: channels of the conv+pool blocks, each a "
+                                  f"3x3 convolution (padding 1), the activation and a 2x2 "
+                                  f"max-pool (default: {CNN_DEFAULT_CONV})")
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
                    help="(default: %(default)s)")
     p.add_argument("--init", choices=("he", "xavier", "normal"), default=None,
                    help="weight init (default: he for relu-like, xavier otherwise)")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout after each hidden layer (default: %(default)s)")
-    p.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Dense")
+    p.add_argument("--batchnorm", action="store_true",
+                   help="BatchNorm after each hidden Dense (and BatchNorm2D after each "
+                        "convolution with --model cnn)")
     p.add_argument("--val-split", type=float, default=0.1,
                    help="fraction of the training set held out for validation, 0 for none "
                         "(default: %(default)s)")
@@ -132,11 +146,12 @@ def _add_data_and_model_options(p):
 
 def load_data(args):
     from . import datasets
+    flat = getattr(args, "model", "mlp") != "cnn"     # a CNN takes (N, 1, side, side) images
     if args.dataset == "digits":
-        return datasets.load_digits(seed=args.seed)
+        return datasets.load_digits(seed=args.seed, flat=flat)
     if args.dataset == "fashion-mnist":
-        return datasets.load_fashion_mnist(args.data_dir, download=args.download)
-    return datasets.load_mnist(args.data_dir, download=args.download)
+        return datasets.load_fashion_mnist(args.data_dir, download=args.download, flat=flat)
+    return datasets.load_mnist(args.data_dir, download=args.download, flat=flat)
 
 
 def split_validation(X, y, fraction, seed):
@@ -158,7 +173,7 @@ def split_validation(X, y, fraction, seed):
     return (X[tr], y[tr]), (X[val], y[val])
 
 
-def parse_hidden(text):
+def parse_hidden(text, option="--hidden", example="256,128"):
     """'256,128' -> [256, 128]; every size a positive integer, none missing."""
     parts = text.split(",")
     sizes = []
@@ -169,14 +184,18 @@ def parse_hidden(text):
             size = None
         if size is None or size <= 0:
             what = "an empty size" if not part.strip() else f"{part.strip()!r}"
-            raise UsageError(f"--hidden must be comma-separated integers > 0 such as 256,128; "
-                             f"got {text!r} ({what})")
+            raise UsageError(f"{option} must be comma-separated integers > 0 such as "
+                             f"{example}; got {text!r} ({what})")
         sizes.append(size)
     return sizes
 
 
 def build_model(args, n_in, n_out, backend):
+    """The model of --model: n_in is the feature count (mlp) or the per-sample
+    image shape (C, H, W) (cnn)."""
     from .model import Sequential
+    if getattr(args, "model", "mlp") == "cnn":
+        return build_cnn(args, n_in, n_out, backend)
     hidden = parse_hidden(DEFAULTS[args.dataset]["hidden"] if args.hidden is None else args.hidden)
     init = args.init or ("he" if args.activation in ("relu", "leaky_relu") else "xavier")
     layers, n = [], n_in
@@ -188,6 +207,35 @@ def build_model(args, n_in, n_out, backend):
         if args.dropout:
             layers.append(L.Dropout(args.dropout))
         n = h
+    layers.append(L.Dense(n, n_out, init="xavier"))
+    return Sequential(layers, seed=args.seed, dtype=args.dtype, backend=backend)
+
+
+def build_cnn(args, image_shape, n_out, backend):
+    """--conv blocks (3x3 conv, padding 1, [BatchNorm2D], activation, 2x2 max-pool),
+    Flatten, the --hidden Dense layers ([BatchNorm], activation, [Dropout]), the output."""
+    from .conv import BatchNorm2D, Conv2D, MaxPool2D
+    from .model import Sequential
+    channels = parse_hidden(args.conv or CNN_DEFAULT_CONV, "--conv", "32,64")
+    hidden = parse_hidden(args.hidden or CNN_DEFAULT_HIDDEN)
+    init = args.init or ("he" if args.activation in ("relu", "leaky_relu") else "xavier")
+    layers, (c, h, w) = [], tuple(image_shape)
+    for out in channels:
+        layers.append(Conv2D(c, out, 3, padding=1, init=init))
+        if args.batchnorm:
+            layers.append(BatchNorm2D(out))
+        layers += [ACTIVATIONS[args.activation](), MaxPool2D(2)]
+        c, h, w = out, h // 2, w // 2
+    layers.append(L.Flatten())
+    n = c * h * w
+    for size in hidden:
+        layers.append(L.Dense(n, size, init=init))
+        if args.batchnorm:
+            layers.append(L.BatchNorm(size))
+        layers.append(ACTIVATIONS[args.activation]())
+        if args.dropout:
+            layers.append(L.Dropout(args.dropout))
+        n = size
     layers.append(L.Dense(n, n_out, init="xavier"))
     return Sequential(layers, seed=args.seed, dtype=args.dtype, backend=backend)
 
@@ -214,6 +262,7 @@ def check_arguments(args):
         raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
     if getattr(args, "hidden", None) is not None:
         parse_hidden(args.hidden)
+    check_cnn_arguments(args)
     optimizer = getattr(args, "optimizer", None)
     for option, optimizers in OPTION_APPLIES_TO.items():
         if getattr(args, option, None) is not None and optimizer not in optimizers:
@@ -233,6 +282,23 @@ def check_arguments(args):
                              f"pip install scratchnet[plot]")
 
 
+def check_cnn_arguments(args):
+    """--conv only with --model cnn, well formed, and no more 2x2 pool stages
+    than the data set's images can halve."""
+    model, conv = getattr(args, "model", "mlp"), getattr(args, "conv", None)
+    if conv is not None and model != "cnn":
+        raise UsageError(f"--conv applies to --model cnn, not --model {model}")
+    if model != "cnn":
+        return
+    stages = len(parse_hidden(CNN_DEFAULT_CONV if conv is None else conv, "--conv", "32,64"))
+    side = IMAGE_SIDE[args.dataset]
+    if side >> stages < 1:
+        most = side.bit_length() - 1
+        raise UsageError(f"--conv {conv or CNN_DEFAULT_CONV} has {stages} conv+pool blocks, "
+                         f"each halving the image, but the {side}x{side} images of "
+                         f"{args.dataset} allow at most {most}")
+
+
 def _resolve(args):
     d = DEFAULTS[args.dataset]
     args.epochs = d["epochs"] if args.epochs is None else args.epochs
@@ -248,8 +314,20 @@ def _prepare(args, out):
     out(f"scratchnet {__version__} | backend {ops.name}"
         f"{' (auto)' if args.backend == 'auto' else ''} | {args.dataset}: {len(Xtr)} train"
         f"{f' / {len(val[0])} validation' if val else ''} / {len(Xte)} test, "
-        f"{Xtr.shape[1]} features, {n_classes} classes")
+        f"{_sample_text(Xtr)}, {n_classes} classes")
     return ops, (Xtr, ytr), val, (Xte, yte), n_classes
+
+
+def _sample_text(X):
+    """'64 features' for (N, 64), '1x28x28 images' for (N, 1, 28, 28)."""
+    if X.ndim == 2:
+        return f"{X.shape[1]} features"
+    return "x".join(map(str, X.shape[1:])) + " images"
+
+
+def _model_input(X):
+    """What build_model takes: the feature count, or the per-sample image shape."""
+    return X.shape[1] if X.ndim == 2 else tuple(X.shape[1:])
 
 
 # -- commands -------------------------------------------------------------------
@@ -258,7 +336,7 @@ def cmd_train(args, out=print):
     from . import schedules
     from .losses import SoftmaxCrossEntropy
     ops, (Xtr, ytr), val, (Xte, yte), n_classes = _prepare(args, out)
-    model = build_model(args, Xtr.shape[1], n_classes, ops)
+    model = build_model(args, _model_input(Xtr), n_classes, ops)
     momentum = DEFAULT_MOMENTUM if args.momentum is None else args.momentum
     opt = make_optimizer(args.optimizer, args.lr, momentum, args.weight_decay)
     schedule = None
@@ -267,7 +345,7 @@ def cmd_train(args, out=print):
     elif args.schedule == "step":
         schedule = schedules.step(opt.lr, 0.1, max(1, args.epochs // 3))
     if not args.quiet:
-        out(model.summary())
+        out(model.summary(input_shape=Xtr.shape[1:]))
         out(f"optimizer {opt!r}, schedule {args.schedule}, {plural(args.epochs, 'epoch')}, "
             f"batch size {args.batch_size}, mode {args.mode}")
     loss = SoftmaxCrossEntropy()
@@ -300,7 +378,7 @@ def cmd_compare(args, out=print):
                          f"{','.join(OPTIMIZER_NAMES)}")
     from .compare import compare_optimizers, plot_comparison
     ops, (Xtr, ytr), val, _, n_classes = _prepare(args, out)
-    model = build_model(args, Xtr.shape[1], n_classes, ops)
+    model = build_model(args, _model_input(Xtr), n_classes, ops)
     results = compare_optimizers(model, Xtr, ytr, optimizers=names, epochs=args.epochs,
                                  batch_size=args.batch_size, validation_data=val, lr=args.lr,
                                  seed=args.seed, progress=not args.quiet)

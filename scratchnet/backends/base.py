@@ -230,6 +230,142 @@ class Ops:
         dX = (gamma * inv_std / n) * (n * dY - dbeta - xhat * dgamma)
         return dX, dgamma, dbeta
 
+    # ------------------------------------------------------------ convolution
+    # Images are (N, C, H, W), kernels (O, C, kh, kw): PyTorch's layouts, its
+    # cross-correlation and its output size Ho = (H + 2 ph - kh) // sh + 1.
+    # stride, padding and pool are (rows, cols) pairs of ints.
+    #
+    # Each forward returns ``(Y, ctx)``. ``ctx`` is private to the backend that
+    # made it: only that backend's matching backward reads it. So a backend
+    # overrides a forward/backward pair together or neither (conv2d_forward
+    # with conv2d_backward, maxpool2d_* together, avgpool2d_* together,
+    # batchnorm2d_* together).
+    #
+    # The defaults below are the readable reference. A convolution is im2col
+    # on a strided window view of the zero-padded input, then ONE matrix
+    # product for each of the forward, dW and dX; the bias and activation run
+    # through ``bias_act`` / ``act_backward_bias`` on the (N*Ho*Wo, O) product,
+    # the formulas of Dense. col2im (for dX) is one strided add per kernel
+    # offset (kh*kw adds). Pooling uses the same window view.
+
+    def _windows(self, X, kh, kw, sh, sw):
+        """A view (N, C, Ho, Wo, kh, kw) of X (N, C, H, W), no copy: window
+        [n, c, i, j] is X[n, c, i*sh : i*sh + kh, j*sw : j*sw + kw]."""
+        n, c, h, w = X.shape
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        s_n, s_c, s_h, s_w = X.strides
+        return self.xp.lib.stride_tricks.as_strided(
+            X, shape=(n, c, ho, wo, kh, kw), strides=(s_n, s_c, s_h * sh, s_w * sw, s_h, s_w))
+
+    @staticmethod
+    def _at_offset(i, j, ho, wo, sh, sw):
+        """Index of the (Ho, Wo) grid of input positions that kernel offset
+        (i, j) touches: rows i, i+sh, ..., cols j, j+sw, ... (4-D)."""
+        return (slice(None), slice(None), slice(i, i + sh * (ho - 1) + 1, sh),
+                slice(j, j + sw * (wo - 1) + 1, sw))
+
+    def conv2d_forward(self, X, W, b, stride, padding, activation="identity", alpha=0.0):
+        """``Y = f(conv(X, W) + b)``: X (N, C, H, W), W (O, C, kh, kw), b (O,)
+        or None; returns ``(Y, ctx)``, Y (N, O, Ho, Wo). activation: a name of
+        the activation table, with the formulas of ``bias_act``."""
+        xp = self.xp
+        n, c, h, w = X.shape
+        o, _, kh, kw = W.shape
+        (sh, sw), (ph, pw) = stride, padding
+        Xp = xp.pad(X, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else X
+        win = self._windows(Xp, kh, kw, sh, sw)
+        ho, wo = win.shape[2], win.shape[3]
+        # im2col: one row per output position, one column per (c, i, j) of
+        # the kernel (W's own order); the reshape of the strided view copies.
+        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
+        Z = self.matmul(cols, W.reshape(o, c * kh * kw).T)          # (N*Ho*Wo, O)
+        Z = self.bias_act(Z, b, activation, alpha, out=Z)
+        Y = xp.ascontiguousarray(Z.reshape(n, ho, wo, o).transpose(0, 3, 1, 2))
+        return Y, (cols, (n, c, h, w), (sh, sw), (ph, pw), b is not None)
+
+    def conv2d_backward(self, dY, Y, ctx, W, activation="identity", alpha=0.0, need_dX=True):
+        """``(dX, dW, db)`` for ``conv2d_forward``: dZ = dY * f'(Y) from the
+        output; dW (O, C, kh, kw); db (O,), None when the forward had no b;
+        dX (N, C, H, W), None when ``need_dX`` is False."""
+        xp = self.xp
+        cols, (n, c, h, w), (sh, sw), (ph, pw), has_b = ctx
+        o, _, kh, kw = W.shape
+        ho, wo = dY.shape[2], dY.shape[3]
+
+        def rows(A):        # (N, O, Ho, Wo) -> (N*Ho*Wo, O), the forward's product layout
+            return A.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)
+
+        reads_y = not get_activation(activation).passes_gradient
+        dZ, db = self.act_backward_bias(rows(dY), rows(Y) if reads_y else None,
+                                        activation, alpha)
+        dW = self.matmul(dZ.T, cols).reshape(W.shape)
+        dX = None
+        if need_dX:
+            dcols = self.matmul(dZ, W.reshape(o, c * kh * kw))      # (N*Ho*Wo, C*kh*kw)
+            parts = dcols.reshape(n, ho, wo, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+            dXp = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dY.dtype)
+            for i in range(kh):             # col2im: one strided add per kernel offset
+                for j in range(kw):
+                    dXp[self._at_offset(i, j, ho, wo, sh, sw)] += parts[..., i, j]
+            dX = xp.ascontiguousarray(dXp[:, :, ph:ph + h, pw:pw + w]) if ph or pw else dXp
+        return dX, dW, (db if has_b else None)
+
+    def maxpool2d_forward(self, X, pool, stride):
+        """Max over each (ph, pw) window, floor mode, no padding; returns
+        ``(Y, ctx)``, ctx keeping the argmax of each window."""
+        n, c = X.shape[0], X.shape[1]
+        win = self._windows(X, *pool, *stride)
+        ho, wo = win.shape[2], win.shape[3]
+        flat = win.reshape(n, c, ho, wo, pool[0] * pool[1])
+        idx = flat.argmax(axis=-1)      # the first maximum in row-major window order
+        Y = self.xp.take_along_axis(flat, idx[..., None], axis=-1).reshape(n, c, ho, wo)
+        return Y, (idx, X.shape, tuple(pool), tuple(stride))
+
+    def maxpool2d_backward(self, dY, ctx):
+        """dX: each window's gradient goes to one element, its first maximum
+        (PyTorch's rule for ties); overlapping windows add up."""
+        idx, shape, (ph, pw), (sh, sw) = ctx
+        ho, wo = dY.shape[2], dY.shape[3]
+        dX = self.xp.zeros(shape, dtype=dY.dtype)
+        for i in range(ph):
+            for j in range(pw):
+                dX[self._at_offset(i, j, ho, wo, sh, sw)] += dY * (idx == i * pw + j)
+        return dX
+
+    def avgpool2d_forward(self, X, pool, stride):
+        """Mean over each (ph, pw) window, floor mode, no padding; returns ``(Y, ctx)``."""
+        Y = self._windows(X, *pool, *stride).mean(axis=(4, 5))
+        return Y, (X.shape, tuple(pool), tuple(stride))
+
+    def avgpool2d_backward(self, dY, ctx):
+        shape, (ph, pw), (sh, sw) = ctx
+        ho, wo = dY.shape[2], dY.shape[3]
+        share = dY * dY.dtype.type(1.0 / (ph * pw))
+        dX = self.xp.zeros(shape, dtype=dY.dtype)
+        for i in range(ph):
+            for j in range(pw):
+                dX[self._at_offset(i, j, ho, wo, sh, sw)] += share
+        return dX
+
+    def batchnorm2d_forward(self, X, gamma, beta, eps):
+        """Training-mode batch norm of (N, C, H, W) per channel, over (N, H, W).
+        Returns ``(Y, xhat, mean, var, inv_std)``; mean, var (biased), inv_std are (C,)."""
+        xp = self.xp
+        mean = X.mean(axis=(0, 2, 3))
+        var = X.var(axis=(0, 2, 3))
+        inv_std = 1 / xp.sqrt(var + X.dtype.type(eps))
+        xhat = (X - mean[:, None, None]) * inv_std[:, None, None]
+        return xhat * gamma[:, None, None] + beta[:, None, None], xhat, mean, var, inv_std
+
+    def batchnorm2d_backward(self, dY, xhat, gamma, inv_std):
+        """``(dX, dgamma, dbeta)`` for ``batchnorm2d_forward``."""
+        n = dY.shape[0] * dY.shape[2] * dY.shape[3]
+        dbeta = dY.sum(axis=(0, 2, 3))
+        dgamma = (dY * xhat).sum(axis=(0, 2, 3))
+        scale = (gamma * inv_std / n)[:, None, None]
+        dX = scale * (n * dY - dbeta[:, None, None] - xhat * dgamma[:, None, None])
+        return dX, dgamma, dbeta
+
     # ------------------------------------------------------------- optimizers
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0, nesterov=False,
                    weight_decay=0.0):
