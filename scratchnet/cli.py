@@ -22,11 +22,15 @@ from . import layers as L
 from ._atomic import check_file_target, check_folder_target
 from ._progress import plural
 from .backends import BackendUnavailableError, backend_status, get_ops
+from .activations import cli_choices
 from .datasets import DatasetNotFoundError
+from .optimizers import PRESETS, get_optimizer
 
 DATASETS = ("digits", "fashion-mnist", "mnist")
-OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam")
-ACTIVATIONS = {"relu": L.ReLU, "leaky_relu": L.LeakyReLU, "sigmoid": L.Sigmoid, "tanh": L.Tanh}
+#: --optimizer choices: the named recipes of scratchnet.optimizers.PRESETS.
+OPTIMIZER_NAMES = tuple(PRESETS)
+#: --activation choices: the entries of the activation table offered to the CLI.
+ACTIVATIONS = {name: L.ACTIVATION_LAYERS[name] for name in cli_choices()}
 
 #: Per-dataset defaults for options left unset: small and quick for the
 #: embedded digits, the classic recipe for the 28x28 sets.
@@ -35,10 +39,10 @@ DEFAULTS = {
     "fashion-mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128"},
     "mnist": {"epochs": 10, "batch_size": 128, "hidden": "256,128"},
 }
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3}
+DEFAULT_LR = {name: lr for name, (_, lr, _) in PRESETS.items()}
 DEFAULT_MOMENTUM = 0.9
 #: Options that only some optimizers take: giving one to another optimizer is an error.
-OPTION_APPLIES_TO = {"momentum": ("momentum", "nesterov")}
+OPTION_APPLIES_TO = {"momentum": ("momentum", "nesterov", "rmsprop")}
 #: --model cnn: conv+pool block channels by default, the dense layers after
 #: them unless --hidden says otherwise, and each data set's image side.
 CNN_DEFAULT_CONV = "32,64"
@@ -68,14 +72,16 @@ def build_parser():
                         "epoch (default: %(default)s)")
     t.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adam",
                    help="(default: %(default)s)")
-    t.add_argument("--lr", type=float, help="learning rate (default: 1e-3 adam, 0.1 sgd, "
-                                            "0.05 momentum/nesterov)")
+    t.add_argument("--lr", type=float, help="learning rate (default: " + ", ".join(
+        f"{lr:g} {name}" for name, lr in DEFAULT_LR.items()) + ")")
     # None, not 0.9: an explicit --momentum with an optimizer that has none is an error
     t.add_argument("--momentum", type=float, default=None,
                    help=f"for {'/'.join(OPTION_APPLIES_TO['momentum'])} only "
-                        f"(default: {DEFAULT_MOMENTUM})")
+                        f"(default: {DEFAULT_MOMENTUM}); rmsprop's own default is 0")
     t.add_argument("--weight-decay", type=float, default=0.0,
-                   help="L2 weight decay (default: %(default)s)")
+                   help="weight decay: an L2 term, decoupled for adamw (default: %(default)s)")
+    t.add_argument("--clip-grad-norm", type=float, default=None, metavar="C",
+                   help="clip the global gradient norm to C before each update (default: off)")
     t.add_argument("--schedule", choices=("constant", "cosine", "step"), default="constant",
                    help="learning-rate schedule over the epochs (default: %(default)s)")
     t.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
@@ -240,14 +246,12 @@ def build_cnn(args, image_shape, n_out, backend):
     return Sequential(layers, seed=args.seed, dtype=args.dtype, backend=backend)
 
 
-def make_optimizer(name, lr=None, momentum=0.9, weight_decay=0.0):
-    from .optimizers import SGD, Adam
-    lr = DEFAULT_LR[name] if lr is None else lr
-    if name == "adam":
-        return Adam(lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return SGD(lr=lr, weight_decay=weight_decay)
-    return SGD(lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=weight_decay)
+def make_optimizer(name, lr=None, momentum=None, weight_decay=0.0):
+    """The optimizer ``--optimizer name`` asks for, built by ``get_optimizer``."""
+    kwargs = {"lr": lr, "weight_decay": weight_decay}
+    if momentum is not None:
+        kwargs["momentum"] = momentum
+    return get_optimizer(name, **kwargs)
 
 
 def check_arguments(args):
@@ -262,6 +266,9 @@ def check_arguments(args):
         raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
     if getattr(args, "hidden", None) is not None:
         parse_hidden(args.hidden)
+    clip = getattr(args, "clip_grad_norm", None)
+    if clip is not None and not 0 < clip < float("inf"):
+        raise UsageError(f"--clip-grad-norm must be a positive number, got {clip}")
     check_cnn_arguments(args)
     optimizer = getattr(args, "optimizer", None)
     for option, optimizers in OPTION_APPLIES_TO.items():
@@ -337,8 +344,7 @@ def cmd_train(args, out=print):
     from .losses import SoftmaxCrossEntropy
     ops, (Xtr, ytr), val, (Xte, yte), n_classes = _prepare(args, out)
     model = build_model(args, _model_input(Xtr), n_classes, ops)
-    momentum = DEFAULT_MOMENTUM if args.momentum is None else args.momentum
-    opt = make_optimizer(args.optimizer, args.lr, momentum, args.weight_decay)
+    opt = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
     schedule = None
     if args.schedule == "cosine":
         schedule = schedules.cosine(opt.lr, max(args.epochs, 1))
@@ -353,7 +359,7 @@ def cmd_train(args, out=print):
     hist = model.fit(Xtr, ytr, loss=loss, optimizer=opt, epochs=args.epochs,
                      batch_size=args.batch_size, mode=args.mode, validation_data=val,
                      progress=not args.quiet, lr_schedule=schedule,
-                     diagnostics=bool(args.diagnostics))
+                     diagnostics=bool(args.diagnostics), clip_grad_norm=args.clip_grad_norm)
     seconds = time.perf_counter() - t0
     test = model.evaluate(Xte, yte, loss=loss)
     out(f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "

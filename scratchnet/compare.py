@@ -33,16 +33,9 @@ from ._plotting import plain_log_ticks
 from ._progress import Progress
 from ._validate import check_number
 from .model import Sequential
-from .optimizers import SGD, Adam, Optimizer
+from .optimizers import PRESETS, Optimizer, get_optimizer
 
 __all__ = ["compare_optimizers", "plot_comparison", "Comparison", "PRESETS", "make_optimizer"]
-
-PRESETS = {
-    "sgd": lambda: SGD(0.1),
-    "momentum": lambda: SGD(0.05, momentum=0.9),
-    "nesterov": lambda: SGD(0.05, momentum=0.9, nesterov=True),
-    "adam": lambda: Adam(1e-3),
-}
 
 PLOT_MISSING = "plot_comparison needs matplotlib: pip install scratchnet[plot]"
 
@@ -55,7 +48,7 @@ def make_optimizer(spec, lr=None):
         if name not in PRESETS:
             raise ValueError(f"unknown optimizer {spec!r}; expected one of {sorted(PRESETS)} "
                              "or an Optimizer instance")
-        label, opt = name, PRESETS[name]()
+        label, opt = name, get_optimizer(name)
     elif isinstance(spec, Optimizer):
         label, opt = type(spec).__name__.lower(), type(spec)(**spec.get_config())
     else:

@@ -58,7 +58,7 @@ def test_per_sample_mode_from_the_cli(capsys):
     (["train", "--val-split", "1.5"], "--val-split must be in [0, 1)"),
     (["train", "--dropout", "1.0"], "Dropout p must be < 1.0"),
     (["train", "--lr", "-1"], "lr must be >= 0.0"),
-    (["compare", "--optimizers", "sgd,rmsprop"], "unknown ['rmsprop']"),
+    (["compare", "--optimizers", "sgd,lbfgs"], "unknown ['lbfgs']"),
 ])
 def test_user_errors_are_one_line_without_traceback(capsys, argv, message):
     code, out, err = run(capsys, *argv)

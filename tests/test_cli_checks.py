@@ -98,7 +98,7 @@ def test_hidden_sizes_are_used(capsys, tmp_path):
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_momentum_with_an_optimizer_without_momentum_is_an_error(capsys, no_data, optimizer):
     line = one_line_error(capsys, "train", "--optimizer", optimizer, "--momentum", "0.5")
-    assert f"--momentum applies to --optimizer momentum or nesterov, not {optimizer}" in line
+    assert f"--momentum applies to --optimizer momentum or nesterov or rmsprop, not {optimizer}" in line
 
 
 def test_momentum_is_used_where_it_applies(capsys, tmp_path):
