@@ -345,6 +345,14 @@ def test_maxpool_ties_send_the_gradient_to_the_first_maximum(ops):
                                           [0, 0, 0, 0]]]])
 
 
+def test_maxpool_propagates_nan(ops):
+    """As PyTorch: a window holding a NaN has a NaN maximum."""
+    X = np.array([[[[1.0, np.nan, 3.0, 2.0],
+                    [2.0, 5.0, 1.0, np.nan]]]])
+    Y, _ = ops.maxpool2d_forward(ops.asarray(X), (2, 2), (2, 2))
+    assert np.isnan(host(Y)).all()
+
+
 def test_first_layer_skips_its_input_gradient(backend):
     conv = sn.Conv2D(1, 2, 3)
     model = sn.Sequential(head([conv], (1, 5, 5)), seed=0, dtype="float64", backend=backend)

@@ -246,7 +246,9 @@ class Ops:
     # product for each of the forward, dW and dX; the bias and activation run
     # through ``bias_act`` / ``act_backward_bias`` on the (N*Ho*Wo, O) product,
     # the formulas of Dense. col2im (for dX) is one strided add per kernel
-    # offset (kh*kw adds). Pooling uses the same window view.
+    # offset (kh*kw adds). Pooling uses the same strided views: max-pool keeps
+    # the index of each window's first maximum, its backward (and average
+    # pooling's) is one strided add per window offset.
 
     def _windows(self, X, kh, kw, sh, sw):
         """A view (N, C, Ho, Wo, kh, kw) of X (N, C, H, W), no copy: window
@@ -275,10 +277,11 @@ class Ops:
         Xp = xp.pad(X, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else X
         win = self._windows(Xp, kh, kw, sh, sw)
         ho, wo = win.shape[2], win.shape[3]
-        # im2col: one row per output position, one column per (c, i, j) of
-        # the kernel (W's own order); the reshape of the strided view copies.
-        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-        Z = self.matmul(cols, W.reshape(o, c * kh * kw).T)          # (N*Ho*Wo, O)
+        # im2col: one row per (c, i, j) of the kernel (W's own order), one
+        # column per output position (n, y, x); the reshape of the strided
+        # view is the copy, in runs of Wo (a faster copy than rows of kh*kw).
+        cols = win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * ho * wo)
+        Z = self.matmul(cols.T, W.reshape(o, c * kh * kw).T)        # (N*Ho*Wo, O)
         Z = self.bias_act(Z, b, activation, alpha, out=Z)
         Y = xp.ascontiguousarray(Z.reshape(n, ho, wo, o).transpose(0, 3, 1, 2))
         return Y, (cols, (n, c, h, w), (sh, sw), (ph, pw), b is not None)
@@ -298,28 +301,40 @@ class Ops:
         reads_y = not get_activation(activation).passes_gradient
         dZ, db = self.act_backward_bias(rows(dY), rows(Y) if reads_y else None,
                                         activation, alpha)
-        dW = self.matmul(dZ.T, cols).reshape(W.shape)
+        dW = self.matmul(dZ.T, cols.T).reshape(W.shape)
         dX = None
         if need_dX:
-            dcols = self.matmul(dZ, W.reshape(o, c * kh * kw))      # (N*Ho*Wo, C*kh*kw)
-            parts = dcols.reshape(n, ho, wo, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+            dcols = self.matmul(W.reshape(o, c * kh * kw).T, dZ.T)  # (C*kh*kw, N*Ho*Wo)
+            parts = dcols.reshape(c, kh, kw, n, ho, wo)
             dXp = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dY.dtype)
             for i in range(kh):             # col2im: one strided add per kernel offset
                 for j in range(kw):
-                    dXp[self._at_offset(i, j, ho, wo, sh, sw)] += parts[..., i, j]
+                    dXp[self._at_offset(i, j, ho, wo, sh, sw)] += \
+                        parts[:, i, j].transpose(1, 0, 2, 3)
             dX = xp.ascontiguousarray(dXp[:, :, ph:ph + h, pw:pw + w]) if ph or pw else dXp
         return dX, dW, (db if has_b else None)
 
     def maxpool2d_forward(self, X, pool, stride):
         """Max over each (ph, pw) window, floor mode, no padding; returns
-        ``(Y, ctx)``, ctx keeping the argmax of each window."""
-        n, c = X.shape[0], X.shape[1]
-        win = self._windows(X, *pool, *stride)
-        ho, wo = win.shape[2], win.shape[3]
-        flat = win.reshape(n, c, ho, wo, pool[0] * pool[1])
-        idx = flat.argmax(axis=-1)      # the first maximum in row-major window order
-        Y = self.xp.take_along_axis(flat, idx[..., None], axis=-1).reshape(n, c, ho, wo)
-        return Y, (idx, X.shape, tuple(pool), tuple(stride))
+        ``(Y, ctx)``, ctx keeping the index of each window's maximum."""
+        xp = self.xp
+        (ph, pw), (sh, sw) = pool, stride
+        ho, wo = (X.shape[2] - ph) // sh + 1, (X.shape[3] - pw) // sw + 1
+        # Each window offset is a strided view (N, C, Ho, Wo) of X.
+        offsets = [self._at_offset(i, j, ho, wo, sh, sw) for i in range(ph) for j in range(pw)]
+        Y = xp.array(X[offsets[0]])
+        for at in offsets[1:]:
+            xp.maximum(Y, X[at], out=Y)              # NaN propagates
+        # idx: the first offset in row-major window order that holds the
+        # maximum (or a NaN): the one element a tie sends the gradient to.
+        idx = xp.zeros(Y.shape, dtype=xp.int32)
+        found = xp.zeros(Y.shape, dtype=bool)
+        for k, at in enumerate(offsets):
+            v = X[at]
+            hit = ((v == Y) | (v != v)) & ~found
+            idx += hit * xp.int32(k)
+            found |= hit
+        return Y, (idx, X.shape, (ph, pw), (sh, sw))
 
     def maxpool2d_backward(self, dY, ctx):
         """dX: each window's gradient goes to one element, its first maximum
