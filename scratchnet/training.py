@@ -21,12 +21,12 @@ or replaced on its own:
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 
 import numpy
 
+from ._progress import Progress
 from ._validate import check_number
 
 
@@ -51,11 +51,6 @@ class History:
 
     def __repr__(self):
         return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
-
-
-def plural(n, word):
-    """'1 epoch', '3 epochs'."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 # -- the batch source -------------------------------------------------------------
@@ -205,50 +200,49 @@ class Callback:
 
 def _interactive(stream):
     """A terminal or a Jupyter kernel: somewhere a live bar renders."""
-    if getattr(stream, "isatty", lambda: False)():
-        return True
-    return "ipykernel" in sys.modules and os.environ.get("TERM") != "dumb" and \
-        type(stream).__module__.startswith("ipykernel")
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):
+        pass
+    return "ipykernel" in sys.modules and type(stream).__module__.startswith("ipykernel")
 
 
 class ProgressBar(Callback):
     """Progress of ``fit``: a tqdm bar per epoch (count, rate, ETA, running
-    loss) in a terminal or a notebook; in a log or a pipe, one clean line per
-    epoch (no carriage returns, no trailing spaces)."""
+    loss) in a terminal or a notebook (``tqdm.auto``); in a log or a pipe, one
+    clean line per epoch (no carriage returns, no trailing spaces)."""
 
     def __init__(self, stream=None, interactive=None):
         self.stream = stream if stream is not None else sys.stderr
         self.interactive = _interactive(self.stream) if interactive is None else interactive
-        self.bar = None
+        self.trainer = self.progress = None
 
     def on_train_begin(self, model):
         self.trainer = getattr(model, "_trainer", None)
 
     def on_epoch_begin(self, model, epoch):
-        if not self.interactive or self.trainer is None:
-            return
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=self.trainer.steps_per_epoch, file=self.stream, leave=True,
-                        desc=f"epoch {epoch + 1}/{self.trainer.epochs}", unit="step",
-                        dynamic_ncols=True)
-        self._tick = max(1, self.trainer.steps_per_epoch // 50)
+        steps = self.trainer.steps_per_epoch if self.trainer else 1
+        epochs = self.trainer.epochs if self.trainer else epoch + 1
+        self.progress = Progress(steps, desc=f"epoch {epoch + 1}/{epochs}", file=self.stream,
+                                 bar=self.interactive)
+        self._tick, self._done = max(1, steps // 50), 0
 
     def on_batch_end(self, model, step):
-        if self.bar is None:
+        if not self.progress.has_bar or ((step + 1) % self._tick and
+                                         step + 1 != self.trainer.steps_per_epoch):
             return
-        if (step + 1) % self._tick == 0 or step + 1 == self.trainer.steps_per_epoch:
-            self.bar.update(step + 1 - self.bar.n)
-            self.bar.set_postfix(loss=f"{self.trainer.running_loss():.4f}", refresh=False)
+        self.progress.update(step + 1 - self._done,
+                             postfix=f"loss {self.trainer.running_loss():.4f}")
+        self._done = step + 1
 
     def on_epoch_end(self, model, epoch, logs):
         line = format_epoch(epoch, self.trainer.epochs if self.trainer else epoch + 1, logs)
-        if self.bar is not None:
-            self.bar.set_postfix_str(line.split("  ", 1)[1], refresh=False)
-            self.bar.close()
-            self.bar = None
+        if self.progress.has_bar:
+            self.progress.update(0, postfix=line.split("  ", 1)[1])
         else:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            self.progress.note(line)
+        self.progress.close()
 
 
 def format_epoch(epoch, epochs, logs):
