@@ -48,7 +48,9 @@ CACHE = os.environ.get("SCRATCHNET_NUMBA_CACHE", "1").strip() != "0"
 #: The kernels ``NumbaOps`` calls (``warmup`` compiles each of them).
 KERNELS = ("take_rows", "bias_act", "act_backward", "column_sum", "softmax_cross_entropy",
            "count_correct", "sigmoid_bce", "sgd_update", "adam_update", "adamw_update", "rmsprop_update",
-           "adagrad_update", "dropout")
+           "adagrad_update", "dropout", "im2col", "col2im", "conv_bias_act", "conv_act_backward",
+           "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
+           "batchnorm2d_forward", "batchnorm2d_backward")
 
 #: Elements per block of rows (16 KiB of float32): the passes over a block
 #: hit L1 cache, and a block of 10-class rows is still a long flat loop.
@@ -165,10 +167,11 @@ def exp_nonpos(x):
 # loops, which still vectorise (relu, leaky_relu, sigmoid: timed the same as
 # hand-written loops).
 #
-# ``refresh_activations()`` builds ``bias_act`` and ``act_backward`` for the
+# ``refresh_activations()`` builds ``bias_act`` and ``act_backward`` (and the
+# convolution's ``conv_bias_act`` and ``conv_act_backward``, below) for the
 # table as it is, at import and again whenever the table changes (NumbaOps
 # calls it). numba's disk cache checks only the stamp of the file a kernel is
-# defined in (this one), not of activations.py, so the cache of these two is
+# defined in (this one), not of activations.py, so the cache of these is
 # keyed also by a fingerprint of the table; kernels built from a table with
 # entries added at run time are not cached on disk.
 
@@ -277,9 +280,12 @@ built_version = None
 
 
 def refresh_activations():
-    """(Re)build ``bias_act`` and ``act_backward`` if the activation table has
-    changed since they were built; returns True when it rebuilt them."""
+    """(Re)build the kernels that apply the table's formulas (``bias_act``,
+    ``act_backward``, ``conv_bias_act``, ``conv_act_backward``) if the
+    activation table has changed since they were built; returns True when it
+    rebuilt them."""
     global _activate, _derivative, bias_act, act_backward, built_version
+    global conv_bias_act, conv_act_backward
     version = _table.version()
     if version == built_version:
         return False
@@ -301,9 +307,13 @@ def refresh_activations():
     # Fresh dispatchers: they compile against the _activate/_derivative above.
     bias_act = njit(nogil=True, error_model="numpy")(_bias_act)
     act_backward = njit(nogil=True, error_model="numpy")(_act_backward)
+    conv_bias_act = njit(nogil=True, error_model="numpy")(_conv_bias_act)
+    conv_act_backward = njit(nogil=True, error_model="numpy")(_conv_act_backward)
     if CACHE and fingerprint is not None:
         bias_act._cache = _TableKeyedCache(_bias_act, fingerprint)
         act_backward._cache = _TableKeyedCache(_act_backward, fingerprint)
+        conv_bias_act._cache = _TableKeyedCache(_conv_bias_act, fingerprint)
+        conv_act_backward._cache = _TableKeyedCache(_conv_act_backward, fingerprint)
     built_version = version
     return True
 
@@ -573,6 +583,440 @@ def dropout(X, uniform, p, scale, Y, mask):
         keep = scale if uniform[k] >= p else zero
         mask[k] = keep
         Y[k] = X[k] * keep
+
+# ----------------------------------------------------- convolution, pooling
+# Images are NCHW, C-contiguous. A convolution is im2col, ONE matrix product
+# (in NumbaOps, by BLAS) and a fused epilogue; its backward is a fused
+# prologue, two products and col2im. The column matrix is laid out one ROW
+# per kernel tap k = (c*kh + i)*kw + j (W's own order) and one column per
+# output position (n, oh, ow) of a chunk of samples:
+#
+#     cols (C*kh*kw, S*Ho*Wo),  Z = W (O, C*kh*kw) @ cols  ->  (O, S*Ho*Wo)
+#
+# so that every pass around the products moves contiguous runs: im2col copies
+# runs of Wo input pixels (stride 1) into a row of cols, the epilogue moves
+# the run Z[o, n*P : (n+1)*P] (P = Ho*Wo) to Y[n, o] with the bias and the
+# activation, the prologue moves dY[n, o] * f'(Y[n, o]) back into that run,
+# and col2im adds runs of Wo back onto rows of dX. No padded copy of X is
+# made: the padding is the zeros written where a tap falls outside X.
+
+@jit
+def _tap_range(Wo, sw, off, W):
+    """[lo, hi): the output columns ow whose input column ow*sw + off lies in [0, W)."""
+    lo = 0 if off >= 0 else (sw - 1 - off) // sw
+    hi = (W - 1 - off) // sw + 1 if W - 1 - off >= 0 else 0
+    lo = min(lo, Wo)
+    return lo, max(lo, min(hi, Wo))
+
+
+@jit
+def _fill(a, value):
+    for q in range(a.shape[0]):
+        a[q] = value
+
+
+@jit
+def im2col(X, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, cols):
+    """cols[(c*kh + i)*kw + j, s*P + oh*Wo + ow] = X[n0 + s, c, oh*sh - ph + i, ow*sw - pw + j],
+    0 where that falls outside X. X: (N, C, H, W); cols: (C*kh*kw, S*P), P = Ho*Wo.
+
+    With stride 1 and Wo == W (a "same" convolution) a tap's rows are one
+    run: input and output pixels are a constant distance apart, so the
+    valid rows are copied as one loop and the few wrapped-around columns
+    zeroed after. Otherwise each output row is its own run."""
+    C, H, W = X.shape[1], X.shape[2], X.shape[3]
+    x = X.reshape(-1)
+    out = cols.reshape(-1)
+    P = Ho * Wo
+    M = cols.shape[1]
+    HW = H * W
+    zero = cols.dtype.type(0)
+    one_run = sh == 1 and sw == 1 and Wo == W
+    for c in range(C):
+        for i in range(kh):
+            rlo, rhi = _tap_range(Ho, sh, i - ph, H)
+            for j in range(kw):
+                off = j - pw
+                lo, hi = _tap_range(Wo, sw, off, W)
+                r1 = rhi if lo < hi else rlo
+                row = out[((c * kh + i) * kw + j) * M:((c * kh + i) * kw + j + 1) * M]
+                for s in range(M // P):
+                    dst = row[s * P:(s + 1) * P]
+                    x0 = ((n0 + s) * C + c) * HW
+                    _fill(dst[:rlo * Wo], zero)
+                    _fill(dst[r1 * Wo:], zero)
+                    if r1 <= rlo:
+                        continue
+                    # Loops index views from 0: numba then knows the index is not
+                    # negative and LLVM vectorises the copy (an offset index costs 10x).
+                    if one_run:
+                        a = rlo * Wo + lo
+                        n = (r1 - 1) * Wo + hi - a
+                        d = dst[a:a + n]
+                        src = x[x0 + a + (i - ph) * W + off:]
+                        for q in range(n):
+                            d[q] = src[q]
+                        if lo > 0 or hi < Wo:
+                            for oh in range(rlo, r1):
+                                _fill(dst[oh * Wo:oh * Wo + lo], zero)
+                                _fill(dst[oh * Wo + hi:oh * Wo + Wo], zero)
+                    else:
+                        for oh in range(rlo, r1):
+                            _fill(dst[oh * Wo:oh * Wo + lo], zero)
+                            _fill(dst[oh * Wo + hi:oh * Wo + Wo], zero)
+                            d = dst[oh * Wo + lo:oh * Wo + hi]
+                            src = x[x0 + (oh * sh - ph + i) * W + off + lo * sw:]
+                            for q in range(hi - lo):
+                                d[q] = src[q * sw]
+
+
+@jit
+def col2im(dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, dX):
+    """The adjoint of ``im2col``: dX[n0 + s] = the sum, over the taps, of the
+    entries of dcols (C*kh*kw, S*P) that im2col copied from each pixel.
+
+    Per channel, the S planes of dX (in L2 cache) are zeroed, then each tap's
+    row of dcols is read once, in order, and added in runs. For a "same"
+    convolution with stride 1 a tap is one run (see ``im2col``): its entries
+    that im2col took from the padding are first set to 0 IN dcols, so that
+    the run adds exactly 0 at the wrapped-around columns. dcols is scratch."""
+    C, H, W = dX.shape[1], dX.shape[2], dX.shape[3]
+    dx = dX.reshape(-1)
+    g = dcols.reshape(-1)
+    P = Ho * Wo
+    M = dcols.shape[1]
+    S = M // P
+    HW = H * W
+    zero = dX.dtype.type(0)
+    one_run = sh == 1 and sw == 1 and Wo == W
+    for c in range(C):
+        for s in range(S):
+            x0 = ((n0 + s) * C + c) * HW
+            _fill(dx[x0:x0 + HW], zero)
+        for i in range(kh):
+            rlo, rhi = _tap_range(Ho, sh, i - ph, H)
+            for j in range(kw):
+                off = j - pw
+                lo, hi = _tap_range(Wo, sw, off, W)
+                if lo >= hi or rhi <= rlo:
+                    continue
+                row = g[((c * kh + i) * kw + j) * M:((c * kh + i) * kw + j + 1) * M]
+                for s in range(S):
+                    src = row[s * P:(s + 1) * P]
+                    x0 = ((n0 + s) * C + c) * HW
+                    if one_run:
+                        if lo > 0 or hi < Wo:
+                            for oh in range(rlo, rhi):
+                                _fill(src[oh * Wo:oh * Wo + lo], zero)
+                                _fill(src[oh * Wo + hi:oh * Wo + Wo], zero)
+                        a = rlo * Wo + lo
+                        n = (rhi - 1) * Wo + hi - a
+                        sr = src[a:a + n]
+                        d = dx[x0 + a + (i - ph) * W + off:]
+                        for q in range(n):
+                            d[q] += sr[q]
+                    else:
+                        for oh in range(rlo, rhi):
+                            sr = src[oh * Wo + lo:oh * Wo + hi]
+                            d = dx[x0 + (oh * sh - ph + i) * W + off + lo * sw:]
+                            for q in range(hi - lo):
+                                d[q * sw] += sr[q]
+
+
+@njit(nogil=True, cache=CACHE, error_model="numpy", fastmath={"reassoc"})
+def _run_sum(a):
+    """a.sum() of a 1-D run, in float64; reassoc lets LLVM vectorise it."""
+    s = 0.0
+    for k in range(a.shape[0]):
+        s += a[k]
+    return s
+
+
+def _conv_bias_act(Z, b, code, alpha, n0, Y):
+    """Y[n0 + s, o] = f(Z[o, s*P:(s+1)*P] + b[o]): the convolution's epilogue.
+
+    Z: (O, S*P), the product for samples n0 .. n0+S-1; b: (O,) or (0,) for
+    none; Y: (N, O, P). code: an activation whose entry has ``numba_forward``
+    (any other code leaves Z + b). Each sample's (O, P) block of Y gets the
+    activation as one flat pass while it is in cache."""
+    O, P = Y.shape[1], Y.shape[2]
+    S = Z.shape[1] // P
+    for s in range(S):
+        y = Y[n0 + s]
+        for o in range(O):
+            src = Z[o, s * P:(s + 1) * P]
+            dst = y[o]
+            if b.shape[0]:
+                bo = b[o]
+                for p in range(P):
+                    dst[p] = src[p] + bo
+            else:
+                for p in range(P):
+                    dst[p] = src[p]
+        _activate(y.reshape(-1), code, alpha)
+
+
+def _conv_act_backward(dY, Y, code, alpha, passes, n0, dZ, db):
+    """dZ[o, s*P:(s+1)*P] = dY[n0 + s, o] * f'(Y[n0 + s, o]): the prologue of
+    the convolution's backward, into the product layout; db[o] (float64, or
+    (0,) for none) gets each run's sum added.
+
+    dY, Y: (N, O, P); dZ: (O, S*P). passes: the activation's derivative is 1
+    (dZ is a copy of dY and Y is not read)."""
+    O, P = dY.shape[1], dY.shape[2]
+    S = dZ.shape[1] // P
+    with_db = db.shape[0] > 0
+    for s in range(S):
+        for o in range(O):
+            dst = dZ[o, s * P:(s + 1) * P]
+            if passes:
+                src = dY[n0 + s, o]
+                for p in range(P):
+                    dst[p] = src[p]
+            else:
+                _derivative(dY[n0 + s, o], Y[n0 + s, o], code, alpha, dst)
+            if with_db:
+                db[o] += _run_sum(dst)
+
+
+# Pooling works one (n, c) plane at a time. The 2x2 windows of stride 2 (the
+# usual pooling) have their own loops with the constants written in: LLVM
+# then vectorises them with interleaved loads, where the same loops with a
+# run-time stride run scalar and several times slower. A window's "first
+# maximum" test is a select, ``take = not (v <= best) and best == best``: a
+# larger v, or a NaN where best is not one yet (numpy.argmax's rule), so
+# that ties keep the earlier element.
+
+@jit
+def _maxpool_plane_2x2(x, y, ix):
+    for oh in range(y.shape[0]):
+        for ow in range(y.shape[1]):
+            b = x[2 * oh, 2 * ow]
+            p = 0
+            v = x[2 * oh, 2 * ow + 1]
+            t = (not v <= b) & (b == b)
+            b = v if t else b
+            p = 1 if t else p
+            v = x[2 * oh + 1, 2 * ow]
+            t = (not v <= b) & (b == b)
+            b = v if t else b
+            p = 2 if t else p
+            v = x[2 * oh + 1, 2 * ow + 1]
+            t = (not v <= b) & (b == b)
+            b = v if t else b
+            p = 3 if t else p
+            y[oh, ow] = b
+            ix[oh, ow] = p
+
+
+@jit
+def _maxpool_plane(x, kh, kw, sh, sw, y, ix):
+    for oh in range(y.shape[0]):
+        for ow in range(y.shape[1]):
+            b = x[oh * sh, ow * sw]
+            p = 0
+            for i in range(kh):
+                for j in range(kw):
+                    v = x[oh * sh + i, ow * sw + j]
+                    t = (not v <= b) & (b == b)
+                    b = v if t else b
+                    p = i * kw + j if t else p
+            y[oh, ow] = b
+            ix[oh, ow] = p
+
+
+@jit
+def maxpool_forward(X, kh, kw, sh, sw, Y, idx):
+    """Y = the max of each (kh, kw) window of X moved by (sh, sw); idx = its
+    position i*kw + j in the window: the first maximum in row-major order, a
+    NaN counting as the maximum (as numpy.argmax). X: (N, C, H, W); Y, idx:
+    (N, C, Ho, Wo) (idx uint8 or int32)."""
+    square = kh == 2 and kw == 2 and sh == 2 and sw == 2
+    for n in range(X.shape[0]):
+        for c in range(X.shape[1]):
+            if square:
+                _maxpool_plane_2x2(X[n, c], Y[n, c], idx[n, c])
+            else:
+                _maxpool_plane(X[n, c], kh, kw, sh, sw, Y[n, c], idx[n, c])
+
+
+@jit
+def _maxpool_back_plane_2x2(g, ix, d):
+    zero = d.dtype.type(0)
+    for oh in range(g.shape[0]):
+        for ow in range(g.shape[1]):
+            k = ix[oh, ow]
+            v = g[oh, ow]
+            d[2 * oh, 2 * ow] = v if k == 0 else zero
+            d[2 * oh, 2 * ow + 1] = v if k == 1 else zero
+            d[2 * oh + 1, 2 * ow] = v if k == 2 else zero
+            d[2 * oh + 1, 2 * ow + 1] = v if k == 3 else zero
+
+
+@jit
+def maxpool_backward(dY, idx, kh, kw, sh, sw, dX):
+    """dX: each window's dY added at its recorded maximum, zero elsewhere.
+
+    2x2 windows of stride 2 write every element of dX once (the row or
+    column left over by an odd size is zeroed); any other pooling zeroes the
+    plane and adds, window after window in row-major order."""
+    H, W = dX.shape[2], dX.shape[3]
+    Ho, Wo = dY.shape[2], dY.shape[3]
+    zero = dX.dtype.type(0)
+    square = kh == 2 and kw == 2 and sh == 2 and sw == 2
+    for n in range(dX.shape[0]):
+        for c in range(dX.shape[1]):
+            d = dX[n, c]
+            g = dY[n, c]
+            ix = idx[n, c]
+            if square:
+                _maxpool_back_plane_2x2(g, ix, d)
+                for iw in range(W):
+                    for ih in range(2 * Ho, H):
+                        d[ih, iw] = zero
+                for ih in range(2 * Ho):
+                    for iw in range(2 * Wo, W):
+                        d[ih, iw] = zero
+                continue
+            for ih in range(H):
+                for iw in range(W):
+                    d[ih, iw] = zero
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    k = ix[oh, ow]
+                    i = k // kw
+                    d[oh * sh + i, ow * sw + k - i * kw] += g[oh, ow]
+
+
+@jit
+def avgpool_forward(X, kh, kw, sh, sw, Y):
+    """Y = the mean of each (kh, kw) window of X moved by (sh, sw): the
+    window's sum in row-major order, times 1/(kh*kw)."""
+    scale = X.dtype.type(1.0 / (kh * kw))
+    for n in range(X.shape[0]):
+        for c in range(X.shape[1]):
+            x = X[n, c]
+            y = Y[n, c]
+            for oh in range(y.shape[0]):
+                for ow in range(y.shape[1]):
+                    acc = X.dtype.type(0)
+                    for i in range(kh):
+                        for j in range(kw):
+                            acc += x[oh * sh + i, ow * sw + j]
+                    y[oh, ow] = acc * scale
+
+
+@jit
+def avgpool_backward(dY, kh, kw, sh, sw, dX):
+    """dX: every element of a window gets dY/(kh*kw) of it, summed over the
+    windows that hold it (zeroed plane, then window after window)."""
+    zero = dX.dtype.type(0)
+    scale = dX.dtype.type(1.0 / (kh * kw))
+    for n in range(dX.shape[0]):
+        for c in range(dX.shape[1]):
+            d = dX[n, c]
+            g = dY[n, c]
+            for ih in range(d.shape[0]):
+                for iw in range(d.shape[1]):
+                    d[ih, iw] = zero
+            for oh in range(g.shape[0]):
+                for ow in range(g.shape[1]):
+                    share = g[oh, ow] * scale
+                    for i in range(kh):
+                        for j in range(kw):
+                            d[oh * sh + i, ow * sw + j] += share
+
+
+@njit(nogil=True, cache=CACHE, error_model="numpy", fastmath={"reassoc"})
+def _shifted_sums(a, shift):
+    """(sum(a - shift), sum((a - shift)**2)) of a 1-D run, in float64."""
+    s = 0.0
+    q = 0.0
+    for k in range(a.shape[0]):
+        d = np.float64(a[k]) - shift
+        s += d
+        q += d * d
+    return s, q
+
+
+@njit(nogil=True, cache=CACHE, error_model="numpy", fastmath={"reassoc"})
+def _dot_sums(dy, xhat):
+    """(sum(dy), sum(dy * xhat)) of two 1-D runs, in float64."""
+    s = 0.0
+    q = 0.0
+    for k in range(dy.shape[0]):
+        g = np.float64(dy[k])
+        s += g
+        q += g * xhat[k]
+    return s, q
+
+
+@jit
+def batchnorm2d_forward(X, gamma, beta, eps, Y, xhat, mean, var, inv_std):
+    """Training-mode batch norm of X (N, C, L) (L = H*W) per channel over (N, L).
+
+    One pass for the statistics: sums of x - x[0, c, 0] and of its square in
+    float64 (the shift keeps the variance exact when the mean is large), then
+    one pass for xhat = (x - mean) * inv_std and Y = xhat * gamma + beta.
+    mean, var (biased), inv_std: (C,) in X's dtype."""
+    N, C, L = X.shape
+    m = N * L
+    t = X.dtype.type
+    sums = np.zeros(C)
+    squares = np.zeros(C)
+    for n in range(N):
+        for c in range(C):
+            s, q = _shifted_sums(X[n, c], np.float64(X[0, c, 0]))
+            sums[c] += s
+            squares[c] += q
+    for c in range(C):
+        d = sums[c] / m
+        v = max(squares[c] / m - d * d, 0.0)
+        mean[c] = t(np.float64(X[0, c, 0]) + d)
+        var[c] = t(v)
+    # inv_std from var in X's dtype, as the composed default: 1 / sqrt(var + eps)
+    for c in range(C):
+        inv_std[c] = t(1) / np.sqrt(var[c] + t(eps))
+    for n in range(N):
+        for c in range(C):
+            mu, r, g, bt = mean[c], inv_std[c], gamma[c], beta[c]
+            x = X[n, c]
+            xh = xhat[n, c]
+            y = Y[n, c]
+            for k in range(L):
+                h = (x[k] - mu) * r
+                xh[k] = h
+                y[k] = h * g + bt
+
+
+@jit
+def batchnorm2d_backward(dY, xhat, gamma, inv_std, dX, dgamma, dbeta):
+    """``(dX, dgamma, dbeta)`` of ``batchnorm2d_forward``: the two sums per
+    channel in one pass (float64), then dX = gamma*inv_std/m * (m*dY - dbeta
+    - xhat*dgamma) in a second. dY, xhat, dX: (N, C, L)."""
+    N, C, L = dY.shape
+    m = N * L
+    t = dY.dtype.type
+    s_beta = np.zeros(C)
+    s_gamma = np.zeros(C)
+    for n in range(N):
+        for c in range(C):
+            s, q = _dot_sums(dY[n, c], xhat[n, c])
+            s_beta[c] += s
+            s_gamma[c] += q
+    for c in range(C):
+        dbeta[c] = t(s_beta[c])
+        dgamma[c] = t(s_gamma[c])
+    fm = t(m)
+    for n in range(N):
+        for c in range(C):
+            a = gamma[c] * inv_std[c] / fm
+            db, dg = dbeta[c], dgamma[c]
+            g = dY[n, c]
+            xh = xhat[n, c]
+            d = dX[n, c]
+            for k in range(L):
+                d[k] = a * (fm * g[k] - db - xh[k] * dg)
 
 
 refresh_activations()

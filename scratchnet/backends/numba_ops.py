@@ -41,6 +41,7 @@ import time
 import numpy
 
 from . import BackendUnavailableError
+from ._conv import ConvContext, PoolContext, conv_geometry, pool_geometry
 from .base import Ops
 from .. import activations
 from .._compat import module_installed
@@ -50,7 +51,7 @@ NOT_INSTALLED = "numba is not installed: pip install scratchnet[numba]"
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 #: The kernels generated from the activation table (rebuilt when it changes).
-ACTIVATION_KERNELS = ("bias_act", "act_backward")
+ACTIVATION_KERNELS = ("bias_act", "act_backward", "conv_bias_act", "conv_act_backward")
 
 #: count_correct uses its kernel up to this many classes (see the method).
 COUNT_CORRECT_MAX_CLASSES = 16
@@ -79,6 +80,19 @@ def _labels(labels, n):
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
         return None
     return numpy.ascontiguousarray(labels, dtype=numpy.intp)
+
+
+def check_like_forward(name, arr, shape, dtype):
+    """Raise unless ``arr`` is a NumPy array of ``shape`` and ``dtype`` (any float
+    the kernels take when dtype is None): a backward's gradient against its forward."""
+    if type(arr) is not numpy.ndarray:
+        raise TypeError(f"{name} must be a numpy array, got {type(arr).__name__}")
+    if (arr.dtype != dtype) if dtype is not None else (arr.dtype not in _FLOATS):
+        want = f"{dtype} (that of the forward)" if dtype is not None else "float32 or float64"
+        raise TypeError(f"{name} must have dtype {want}, got {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (that of the forward's "
+                         f"output), got {arr.shape}")
 
 
 class NumbaOps(Ops):
@@ -360,6 +374,155 @@ class NumbaOps(Ops):
                   float(1.0 / (1.0 - p)), Y.reshape(-1), mask.reshape(-1))
         return Y, mask
 
+    # --------------------------------------------------- convolution, pooling
+    # The products run in BLAS (numpy.matmul), the passes around them in the
+    # kernels; see the layout note in _numba_kernels.py. Each forward returns a
+    # context of this backend's own class; a context of another class (the
+    # composed forward ran, e.g. for float16) goes to the base class's backward.
+
+    def conv2d_forward(self, X, W, b, stride, padding, activation="identity", alpha=0.0):
+        """``Y = f(conv(X, W) + b)`` as im2col, one product and a fused epilogue.
+
+        X (N, C, H, W), W (O, C, kh, kw), b (O,) or None, float32/float64 of
+        one dtype; anything else goes to the base class. Returns ``(Y, ctx)``,
+        Y (N, O, Ho, Wo); ctx keeps the column matrix for the weight gradient.
+        """
+        spec = activations.get_activation(activation)  # unknown names raise, as in the base
+        geometry = conv_geometry(X, W, stride, padding)
+        if not (geometry and _floats(X, W, *(() if b is None else (b,)))
+                and (b is None or b.shape == (W.shape[0],))):
+            return super().conv2d_forward(X, W, b, stride, padding, activation, alpha)
+        (sh, sw), (ph, pw), (ho, wo) = geometry
+        n, c, h, w = X.shape
+        o, _, kh, kw = W.shape
+        dtype = X.dtype
+        X = numpy.ascontiguousarray(X)
+        Wm = numpy.ascontiguousarray(W).reshape(o, c * kh * kw)
+        p = ho * wo
+        cols = numpy.empty((c * kh * kw, n * p), dtype)
+        self._run("im2col", dtype, X, kh, kw, sh, sw, ph, pw, ho, wo, 0, cols)
+        Z = numpy.matmul(Wm, cols)                                   # (O, N*Ho*Wo)
+        Y = numpy.empty((n, o, ho, wo), dtype)
+        bias = self._none(dtype) if b is None else numpy.ascontiguousarray(b)
+        self._run("conv_bias_act", dtype, Z, bias, self._activation_code(spec),
+                  float(alpha), 0, Y.reshape(n, o, p))
+        if not spec.numba_forward:  # tanh: NumPy's SIMD tanh (see bias_act); identity: nothing
+            result = spec.forward(numpy, Y, alpha, Y)
+            if result is not Y:
+                Y[...] = result
+        return Y, ConvContext(self.name, cols, X.shape, (sh, sw), (ph, pw), b is not None)
+
+    def conv2d_backward(self, dY, Y, ctx, W, activation="identity", alpha=0.0, need_dX=True):
+        """``(dX, dW, db)`` of ``conv2d_forward``: a fused prologue (dZ = dY * f'(Y)
+        into the product layout, and db), two products and col2im."""
+        if not (isinstance(ctx, ConvContext) and ctx.belongs_to(self)):
+            return super().conv2d_backward(dY, Y, ctx, W, activation, alpha, need_dX)
+        spec = activations.get_activation(activation)
+        cols = ctx.cols
+        dtype = cols.dtype
+        n, c, h, w = ctx.shape
+        o, _, kh, kw = W.shape
+        (sh, sw), (ph, pw) = ctx.stride, ctx.padding
+        p = cols.shape[1] // max(n, 1)
+        ho, wo = dY.shape[2:] if getattr(dY, "ndim", 0) == 4 else (0, 0)
+        check_like_forward("dY", dY, (n, o, ho, wo), dtype)
+        if ho * wo != p or cols.shape[0] != c * kh * kw:
+            raise ValueError(f"conv2d_backward: dY {tuple(dY.shape)} and W {tuple(W.shape)} "
+                             f"do not match the forward of this context")
+        passes = spec.passes_gradient
+        if not passes:
+            check_like_forward("Y", Y, dY.shape, dtype)
+        dY3 = numpy.ascontiguousarray(dY).reshape(n, o, p)
+        Y3 = dY3 if passes else numpy.ascontiguousarray(Y).reshape(n, o, p)
+        dZ = numpy.empty((o, n * p), dtype)
+        db64 = numpy.zeros(o) if ctx.has_bias else self._none(numpy.dtype(numpy.float64))
+        self._run("conv_act_backward", dtype, dY3, Y3, self._activation_code(spec),
+                  float(alpha), passes, 0, dZ, db64)
+        dW = numpy.matmul(dZ, cols.T).reshape(W.shape)
+        dX = None
+        if need_dX:
+            Wm = numpy.ascontiguousarray(W, dtype=dtype).reshape(o, c * kh * kw)
+            dcols = numpy.matmul(Wm.T, dZ)                           # (C*kh*kw, N*Ho*Wo)
+            dX = numpy.empty(ctx.shape, dtype)
+            self._run("col2im", dtype, dcols, kh, kw, sh, sw, ph, pw, ho, wo, 0, dX)
+        return dX, dW, (db64.astype(dtype) if ctx.has_bias else None)
+
+    def maxpool2d_forward(self, X, pool, stride):
+        """Max pooling in one pass, keeping each window's argmax (uint8 when the
+        window has at most 256 elements, else int32) for the backward."""
+        geometry = pool_geometry(X, pool, stride)
+        if not (geometry and _floats(X)):
+            return super().maxpool2d_forward(X, pool, stride)
+        (kh, kw), (sh, sw), (ho, wo) = geometry
+        X = numpy.ascontiguousarray(X)
+        Y = numpy.empty(X.shape[:2] + (ho, wo), X.dtype)
+        idx = numpy.empty(Y.shape, numpy.uint8 if kh * kw <= 256 else numpy.int32)
+        self._run("maxpool_forward", X.dtype, X, kh, kw, sh, sw, Y, idx)
+        return Y, PoolContext(self.name, X.shape, (kh, kw), (sh, sw), idx)
+
+    def maxpool2d_backward(self, dY, ctx):
+        """dX: each window's gradient scattered to its recorded maximum."""
+        if not (isinstance(ctx, PoolContext) and ctx.belongs_to(self, max_pool=True)):
+            return super().maxpool2d_backward(dY, ctx)
+        check_like_forward("dY", dY, ctx.idx.shape, None)
+        dY = numpy.ascontiguousarray(dY)
+        dX = numpy.empty(ctx.shape, dY.dtype)
+        self._run("maxpool_backward", dY.dtype, dY, ctx.idx, *ctx.pool, *ctx.stride, dX)
+        return dX
+
+    def avgpool2d_forward(self, X, pool, stride):
+        """Average pooling in one pass."""
+        geometry = pool_geometry(X, pool, stride)
+        if not (geometry and _floats(X)):
+            return super().avgpool2d_forward(X, pool, stride)
+        (kh, kw), (sh, sw), (ho, wo) = geometry
+        X = numpy.ascontiguousarray(X)
+        Y = numpy.empty(X.shape[:2] + (ho, wo), X.dtype)
+        self._run("avgpool_forward", X.dtype, X, kh, kw, sh, sw, Y)
+        return Y, PoolContext(self.name, X.shape, (kh, kw), (sh, sw), None)
+
+    def avgpool2d_backward(self, dY, ctx):
+        if not (isinstance(ctx, PoolContext) and ctx.belongs_to(self, max_pool=False)):
+            return super().avgpool2d_backward(dY, ctx)
+        n, c, h, w = ctx.shape
+        (kh, kw), (sh, sw) = ctx.pool, ctx.stride
+        check_like_forward("dY", dY, (n, c, (h - kh) // sh + 1, (w - kw) // sw + 1), None)
+        dY = numpy.ascontiguousarray(dY)
+        dX = numpy.empty(ctx.shape, dY.dtype)
+        self._run("avgpool_backward", dY.dtype, dY, kh, kw, sh, sw, dX)
+        return dX
+
+    def batchnorm2d_forward(self, X, gamma, beta, eps):
+        """Batch norm per channel of (N, C, H, W): the statistics in one pass, then
+        xhat and Y in one more. Returns ``(Y, xhat, mean, var, inv_std)``."""
+        if not (getattr(X, "ndim", 0) == 4 and _floats(X, gamma, beta) and X.size
+                and gamma.shape == beta.shape == (X.shape[1],)):
+            return super().batchnorm2d_forward(X, gamma, beta, eps)
+        n, c, h, w = X.shape
+        X3 = numpy.ascontiguousarray(X).reshape(n, c, h * w)
+        Y, xhat = numpy.empty(X.shape, X.dtype), numpy.empty(X.shape, X.dtype)
+        mean, var, inv_std = (numpy.empty(c, X.dtype) for _ in range(3))
+        self._run("batchnorm2d_forward", X.dtype, X3, numpy.ascontiguousarray(gamma),
+                  numpy.ascontiguousarray(beta), float(eps), Y.reshape(X3.shape),
+                  xhat.reshape(X3.shape), mean, var, inv_std)
+        return Y, xhat, mean, var, inv_std
+
+    def batchnorm2d_backward(self, dY, xhat, gamma, inv_std):
+        """``(dX, dgamma, dbeta)``: the two channel sums in one pass, dX in one more."""
+        if not (getattr(dY, "ndim", 0) == 4 and _floats(dY, xhat, gamma, inv_std)
+                and dY.size and xhat.shape == dY.shape
+                and gamma.shape == inv_std.shape == (dY.shape[1],)):
+            return super().batchnorm2d_backward(dY, xhat, gamma, inv_std)
+        n, c, h, w = dY.shape
+        dY3 = numpy.ascontiguousarray(dY).reshape(n, c, h * w)
+        dX = numpy.empty(dY.shape, dY.dtype)
+        dgamma, dbeta = numpy.empty(c, dY.dtype), numpy.empty(c, dY.dtype)
+        self._run("batchnorm2d_backward", dY.dtype, dY3,
+                  numpy.ascontiguousarray(xhat).reshape(dY3.shape),
+                  numpy.ascontiguousarray(gamma), numpy.ascontiguousarray(inv_std),
+                  dX.reshape(dY3.shape), dgamma, dbeta)
+        return dX, dgamma, dbeta
+
     # ------------------------------------------------------------ reporting
     def warmup(self, dtype="float32"):
         """Compile (or load from the cache) every kernel for ``dtype``; returns seconds.
@@ -390,6 +553,17 @@ class NumbaOps(Ops):
                                 grad_avg=numpy.zeros_like(Z))
         self.adagrad_update(Z.copy(), Z, numpy.zeros_like(Z), 1, 0.1)
         self.dropout(Z, 0.5, rng)
+        img = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
+        W = rng.standard_normal((3, 2, 3, 3)).astype(dtype)
+        Y, ctx = self.conv2d_forward(img, W, b[:3].copy(), (1, 1), (1, 1), "relu")
+        self.conv2d_backward(Y, Y, ctx, W, "relu")
+        Y, ctx = self.maxpool2d_forward(img, (2, 2), (2, 2))
+        self.maxpool2d_backward(Y, ctx)
+        Y, ctx = self.avgpool2d_forward(img, (2, 2), (2, 2))
+        self.avgpool2d_backward(Y, ctx)
+        Y, xhat, _, _, inv_std = self.batchnorm2d_forward(img, b[:2].copy() + 1, b[:2].copy(),
+                                                          1e-5)
+        self.batchnorm2d_backward(Y, xhat, b[:2].copy() + 1, inv_std)
         return time.perf_counter() - start
 
     def describe(self):
