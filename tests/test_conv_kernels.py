@@ -478,3 +478,39 @@ def test_reference_cnn_steps_match_numpy(backend, dtype, batchnorm):
     np.testing.assert_allclose(results[backend][0], results["numpy"][0], rtol=rtol)
     np.testing.assert_allclose(results[backend][1], results["numpy"][1], rtol=rtol,
                                atol=rtol * 1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_full_reference_cnn_on_the_gpu_matches_numpy(dtype):
+    """The reference network at full width (32 and 64 channels, dense 3136->128),
+    two SGD-momentum steps on a batch of 32: CuPy (the CUDA kernels and cuBLAS)
+    against the NumPy backend."""
+    from scratchnet.backends import BackendUnavailableError
+    try:
+        get_ops("cupy")
+    except BackendUnavailableError as err:
+        pytest.skip(f"cupy backend unavailable: {err}")
+    rng = np.random.default_rng(1)
+    X = rng.random((32, 1, 28, 28)).astype(dtype)
+    y = rng.integers(0, 10, 32)
+    results = {}
+    for name in ("numpy", "cupy"):
+        ops = get_ops(name)
+        model = sn.Sequential([
+            sn.Conv2D(1, 32, 3, padding=1), sn.ReLU(), sn.MaxPool2D(2),
+            sn.Conv2D(32, 64, 3, padding=1), sn.ReLU(), sn.MaxPool2D(2),
+            sn.Flatten(), sn.Dense(3136, 128, activation="relu"), sn.Dense(128, 10)],
+            seed=0, dtype=dtype, backend=name)
+        opt = sn.SGD(0.05, momentum=0.9)
+        step = sn.training.MatrixStep(model, sn.SoftmaxCrossEntropy())
+        losses = []
+        for _ in range(2):
+            value, _ = step(ops.asarray(X), ops.asarray(y))
+            opt.step(model)
+            losses.append(float(to_host(value)))
+        results[name] = (losses, to_host(model.flat_parameters()))
+    rtol = 1e-9 if dtype == "float64" else 1e-3
+    np.testing.assert_allclose(results["cupy"][0], results["numpy"][0], rtol=rtol)
+    np.testing.assert_allclose(results["cupy"][1], results["numpy"][1], rtol=rtol,
+                               atol=rtol * 1e-2)

@@ -1,7 +1,9 @@
 """The CUDA kernels, run on the CPU and compared with the NumPy backend.
 
-kernels/scratchnet_kernels.cu is compiled by g++ through tests/kernel_host_shim.h,
-which runs every launch serially over its grid (see the header). The kernels are
+kernels/scratchnet_kernels.cu and kernels/conv_kernels.cu are compiled by g++
+through tests/kernel_host_shim.h (kernel_host_shim.cpp and
+kernel_host_shim_conv.cpp), which runs every launch serially over its grid
+(see the header). The kernels are
 driven through the *real* Python wrappers of ``CupyOps`` -- argument checks,
 scalar casts, chunking, launch shapes -- by ``HostKernelOps``, a subclass whose
 ``xp`` is NumPy and whose ``_launch`` calls the shim through ctypes. Every launch
@@ -19,13 +21,16 @@ import numpy
 import pytest
 
 from scratchnet.backends import ACTIVATIONS
-from scratchnet.backends.cupy_ops import (BLOCK, CupyOps, FLOAT_CTYPES, chunking,
-                                          launch_grid, name_expressions)
+from scratchnet.backends.cupy_ops import (BLOCK, CONV_KERNEL_FILE, CupyOps, FLOAT_CTYPES,
+                                          KERNEL_FILE, chunking, kernel_file, launch_grid,
+                                          name_expressions)
 from scratchnet.backends.numpy_ops import NumpyOps
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "kernels"
 SHIM = Path(__file__).with_name("kernel_host_shim.cpp")
+#: The host shim of each kernel file.
+SHIMS = {KERNEL_FILE: SHIM, CONV_KERNEL_FILE: Path(__file__).with_name("kernel_host_shim_conv.cpp")}
 CXX = shutil.which("g++")
 NM = shutil.which("nm")
 
@@ -47,12 +52,12 @@ def tol(dtype):
 
 
 # ----------------------------------------------------------------- building
-def build_shim(out_dir, kernel_dir=KERNEL_DIR):
-    """Build the kernels in ``kernel_dir`` for the host: (ctypes library, {name
-    expression: C arg types} or None without nm)."""
-    lib_path = out_dir / "libscratchnet_kernels_host.so"
+def build_shim(out_dir, kernel_dir=KERNEL_DIR, source=KERNEL_FILE):
+    """Build the kernel file ``source`` in ``kernel_dir`` for the host: (ctypes
+    library, {name expression: C arg types} or None without nm)."""
+    lib_path = out_dir / f"lib{Path(source).stem}_host.so"
     cmd = [CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-shared", "-fPIC",
-           f"-I{kernel_dir}", str(SHIM), "-o", str(lib_path)]
+           f"-I{kernel_dir}", str(SHIMS[source]), "-o", str(lib_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"host build of the kernels failed:\n{' '.join(cmd)}\n{proc.stderr}")
@@ -76,10 +81,17 @@ def shim(tmp_path_factory):
     return build_shim(tmp_path_factory.mktemp("kernels_host"))
 
 
+@pytest.fixture(scope="module")
+def conv_shim(tmp_path_factory):
+    """The host build of the convolution kernels (conv_kernels.cu)."""
+    return build_shim(tmp_path_factory.mktemp("conv_kernels_host"), source=CONV_KERNEL_FILE)
+
+
 def symbol(expr):
     """'softmax_xent_rows<float, long long>' -> 'sn_softmax_xent_rows_f32_i64'."""
     base, targs = expr.rstrip(">").split("<")
-    short = {"float": "f32", "double": "f64", "int": "i32", "long long": "i64"}
+    short = {"float": "f32", "double": "f64", "int": "i32", "long long": "i64",
+             "unsigned char": "u8"}
     return "sn_" + base + "".join("_" + short[t.strip()] for t in targs.split(","))
 
 
@@ -87,7 +99,8 @@ _SCALAR_C = {numpy.int32: ("int", ctypes.c_int), numpy.int64: ("long long", ctyp
              numpy.float32: ("float", ctypes.c_float),
              numpy.float64: ("double", ctypes.c_double)}
 _ARRAY_C = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double",
-            numpy.dtype(numpy.int32): "int", numpy.dtype(numpy.int64): "long long"}
+            numpy.dtype(numpy.int32): "int", numpy.dtype(numpy.int64): "long long",
+            numpy.dtype(numpy.uint8): "unsigned char"}
 
 
 class HostKernelOps(CupyOps):
@@ -95,11 +108,12 @@ class HostKernelOps(CupyOps):
 
     name = "cupy-host-shim"
 
-    def __init__(self, shim, launch):
+    def __init__(self, shim, launch, conv_shim=None):
         # No super().__init__(): that imports CuPy.
         self.xp = numpy
         self._unavailable = None
         self.lib, self.signatures = shim
+        self.shims = {KERNEL_FILE: shim, CONV_KERNEL_FILE: conv_shim}
         self.launch = launch
         self.launched = []
 
@@ -109,7 +123,9 @@ class HostKernelOps(CupyOps):
             raise TypeError(f"{name} must be a numpy array here, got {type(arr).__name__}")
 
     def _launch(self, expr, n, args, block=BLOCK):
-        assert expr in name_expressions(), f"{expr} is not compiled by CupyOps"
+        source = kernel_file(expr)
+        assert expr in name_expressions(source), f"{expr} is not compiled by CupyOps"
+        lib, signatures = self.shims[source]
         ctypes_args, c_types, values = [], [], []
         for a in args:
             if a is None:
@@ -127,16 +143,15 @@ class HostKernelOps(CupyOps):
                 c_types.append(c_name)
                 ctypes_args.append(c_type)
                 values.append(a)
-        if self.signatures is not None:
-            declared = [t.replace(" const", "").replace(" ", "").replace("longlong", "long long")
-                        for t in self.signatures[expr]]
+        if signatures is not None:
+            declared = [t.replace(" const", "").replace(" ", "") for t in signatures[expr]]
             assert len(declared) == len(c_types), f"{expr}: {c_types} vs {declared}"
             for got, want in zip(c_types, declared):
-                assert got == want or (got == "*" and want.endswith("*")), \
+                assert got.replace(" ", "") == want or (got == "*" and want.endswith("*")), \
                     f"{expr}: packed {c_types}, kernel takes {declared}"
         grid, block = (launch_grid(n, 1 << 30, block), block) if self.launch == "cover" \
             else self.launch
-        fn = getattr(self.lib, symbol(expr))
+        fn = getattr(lib, symbol(expr))
         fn.argtypes = [ctypes.c_uint, ctypes.c_uint, *ctypes_args]
         fn.restype = None
         fn(grid, block, *values)
@@ -145,8 +160,8 @@ class HostKernelOps(CupyOps):
 
 @pytest.fixture(scope="module", params=LAUNCHES, ids=lambda p: "cover" if p == "cover"
                 else f"grid{p[0]}x{p[1]}")
-def ops(shim, request):
-    return HostKernelOps(shim, request.param)
+def ops(shim, conv_shim, request):
+    return HostKernelOps(shim, request.param, conv_shim)
 
 
 def data(shape, dtype, seed=0, scale=3.0):
@@ -524,6 +539,163 @@ def test_every_kernel_is_launched(shim, dtype):
     assert set(ops.launched) == want
 
 
+# ------------------------------------------- convolution, pooling, 2-D batch norm
+#: n, (C, H, W), O, (kh, kw), (sh, sw), (ph, pw)
+CONV_SHAPES = [(2, (1, 6, 6), 3, (3, 3), (1, 1), (1, 1)),
+               (2, (3, 7, 5), 4, (3, 2), (2, 1), (1, 2)),
+               (1, (2, 3, 3), 2, (5, 5), (1, 1), (2, 2)),
+               (3, (2, 6, 7), 3, (1, 1), (2, 3), (0, 0))]
+#: (pool, stride, (H, W))
+POOL_SHAPES = [((2, 2), (2, 2), (6, 7)), ((3, 3), (2, 2), (9, 8)), ((3, 2), (1, 1), (5, 5)),
+               ((17, 16), (2, 2), (19, 18))]
+
+
+def test_every_conv_name_expression_is_instantiated(conv_shim):
+    lib, signatures = conv_shim
+    for expr in name_expressions(CONV_KERNEL_FILE):
+        assert hasattr(lib, symbol(expr)), symbol(expr)
+        if signatures is not None:
+            assert expr in signatures, f"{expr} not instantiated in {KERNEL_DIR}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_conv2d(ops, case, dtype, activation):
+    n, (c, h, w), o, k, stride, padding = case
+    X, W, b = data((n, c, h, w), dtype), data((o, c) + k, dtype, seed=1, scale=0.5), \
+        data(o, dtype, seed=2)
+    for bias in (b, None):
+        Y, ctx = ops.conv2d_forward(X, W, bias, stride, padding, activation, 0.1)
+        Y_want, ctx_want = REF.conv2d_forward(X, W, bias, stride, padding, activation, 0.1)
+        numpy.testing.assert_allclose(Y, Y_want, **tol(dtype))
+        dY = data(Y.shape, dtype, seed=3)
+        got = ops.conv2d_backward(dY, Y, ctx, W, activation, 0.1)
+        want = REF.conv2d_backward(dY, Y_want, ctx_want, W, activation, 0.1)
+        for g, w_ in zip(got, want):
+            if w_ is None:
+                assert g is None
+                continue
+            assert g.dtype == dtype and g.shape == w_.shape
+            # sums in another order: bound the error by the sum of magnitudes
+            numpy.testing.assert_allclose(g, w_, rtol=tol(dtype)["rtol"],
+                                          atol=50 * numpy.finfo(dtype).eps * Y.size)
+        assert ops.conv2d_backward(dY, Y, ctx, W, activation, 0.1, need_dX=False)[0] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool, stride, hw", POOL_SHAPES)
+def test_pooling(ops, pool, stride, hw, dtype):
+    X = data((2, 3) + hw, dtype)
+    X[0, 0, :3, :3] = 1.5                       # ties: the first maximum wins
+    X[1, 1, 0, 1] = numpy.nan                   # a NaN is the maximum
+    Y, ctx = ops.maxpool2d_forward(X, pool, stride)
+    Y_want, ctx_want = REF.maxpool2d_forward(X, pool, stride)
+    numpy.testing.assert_array_equal(Y, Y_want)
+    assert ctx.idx.dtype == (numpy.uint8 if pool[0] * pool[1] <= 256 else numpy.int32)
+    dY = data(Y.shape, dtype, seed=1)
+    numpy.testing.assert_allclose(ops.maxpool2d_backward(dY, ctx),
+                                  REF.maxpool2d_backward(dY, ctx_want), **tol(dtype))
+    X[1, 1, 0, 1] = 0.0
+    Y, ctx = ops.avgpool2d_forward(X, pool, stride)
+    Y_want, ctx_want = REF.avgpool2d_forward(X, pool, stride)
+    numpy.testing.assert_allclose(Y, Y_want, **tol(dtype))
+    numpy.testing.assert_allclose(ops.avgpool2d_backward(dY, ctx),
+                                  REF.avgpool2d_backward(dY, ctx_want), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 5, 1, 1), (300, 2, 15, 16)])
+def test_batchnorm2d(ops, shape, dtype):
+    X = data(shape, dtype) + dtype(40)          # the shift keeps the variance exact
+    gamma, beta = data(shape[1], dtype, seed=1), data(shape[1], dtype, seed=2)
+    got = ops.batchnorm2d_forward(X, gamma, beta, 1e-5)
+    want = REF.batchnorm2d_forward(X, gamma, beta, 1e-5)
+    for g, w in zip(got, want):
+        numpy.testing.assert_allclose(g, w, rtol=10 * tol(dtype)["rtol"],
+                                      atol=10 * tol(dtype)["atol"])
+    dY = data(shape, dtype, seed=3)
+    m = shape[0] * shape[2] * shape[3]
+    # dX = gamma*inv_std/m * (m*dY - dbeta - xhat*dgamma) cancels: bound by its terms
+    terms = numpy.abs(gamma * want[4]).max() * numpy.abs(dY).max()
+    got = ops.batchnorm2d_backward(dY, got[1], gamma, got[4])
+    want = REF.batchnorm2d_backward(dY, want[1], gamma, want[4])
+    for g, w, scale in zip(got, want, (terms, m * numpy.abs(dY).max(), m * numpy.abs(dY).max())):
+        numpy.testing.assert_allclose(g, w, rtol=10 * tol(dtype)["rtol"],
+                                      atol=100 * numpy.finfo(dtype).eps * scale)
+
+
+def test_conv_bias_gradient_uses_two_passes(ops):
+    """db sums (chunk)s of each row of dZ, then the chunks (row_chunk > 1 chunk)."""
+    X, W = data((40, 2, 30, 30), numpy.float64), data((3, 2, 3, 3), numpy.float64, seed=1)
+    Y, ctx = ops.conv2d_forward(X, W, W[:, 0, 0, 0].copy(), (1, 1), (1, 1))
+    ops.launched.clear()
+    _, _, db = ops.conv2d_backward(Y, Y, ctx, W, need_dX=False)
+    assert ops.launched == ["conv_act_backward<double>", "conv_row_sums<double>",
+                            "conv_row_sums<double>"]
+    numpy.testing.assert_allclose(db, Y.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_conv_wrappers_reject_bad_arguments(ops):
+    X, W = data((2, 2, 5, 5), numpy.float32), data((3, 2, 3, 3), numpy.float32)
+    with pytest.raises(TypeError, match="W must have dtype float32"):
+        ops.conv2d_forward(X, W.astype(numpy.float64), None, (1, 1), (1, 1))
+    with pytest.raises(ValueError, match=r"b must have shape \(3,\)"):
+        ops.conv2d_forward(X, W, numpy.zeros(2, numpy.float32), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="X must be C-contiguous"):
+        ops.conv2d_forward(numpy.asfortranarray(X), W, None, (1, 1), (1, 1))
+    Y, ctx = ops.conv2d_forward(X, W, None, (1, 1), (1, 1), "relu")
+    with pytest.raises(ValueError, match=r"dY must have shape \(2, 3, 5, 5\)"):
+        ops.conv2d_backward(Y[:1], Y, ctx, W, "relu")
+    with pytest.raises(TypeError, match="dY must have dtype float32"):
+        ops.conv2d_backward(Y.astype(numpy.float64), Y, ctx, W, "relu")
+    with pytest.raises(ValueError, match="Y must have the shape of dY"):
+        ops.conv2d_backward(Y, Y[:1], ctx, W, "relu")
+    P, pctx = ops.maxpool2d_forward(X, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match=r"dY must have shape \(2, 2, 2, 2\)"):
+        ops.maxpool2d_backward(P[:1], pctx)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(2,\)"):
+        ops.batchnorm2d_forward(X, numpy.ones(3, numpy.float32), numpy.ones(2, numpy.float32),
+                                1e-5)
+
+
+def test_conv_contexts_of_the_composed_default_go_back_to_it(ops):
+    """float16 runs the base class's forward; its context goes to its backward."""
+    ops.launched.clear()
+    X, W = data((2, 2, 5, 5), numpy.float16), data((3, 2, 3, 3), numpy.float16)
+    Y, ctx = ops.conv2d_forward(X, W, None, (1, 1), (1, 1), "relu")
+    dX, dW, _ = ops.conv2d_backward(Y, Y, ctx, W, "relu")
+    want = REF.conv2d_backward(Y, Y, REF.conv2d_forward(X, W, None, (1, 1), (1, 1), "relu")[1],
+                               W, "relu")
+    numpy.testing.assert_array_equal(dX, want[0])
+    P, pctx = ops.maxpool2d_forward(X, (2, 2), (2, 2))
+    numpy.testing.assert_array_equal(ops.maxpool2d_backward(P, pctx),
+                                     REF.maxpool2d_backward(P, REF.maxpool2d_forward(
+                                         X, (2, 2), (2, 2))[1]))
+    assert ops.launched == []
+
+
+@pytest.mark.parametrize("dtype", sorted(FLOAT_CTYPES, key=str))
+def test_every_conv_kernel_is_launched(shim, conv_shim, dtype):
+    """The fused convolution, pooling and batch-norm methods launch every
+    instantiation of conv_kernels.cu for dtype."""
+    ops = HostKernelOps(shim, (2, 32), conv_shim)
+    X, W = data((40, 3, 9, 9), dtype), data((2, 3, 3, 3), dtype)
+    Y, ctx = ops.conv2d_forward(X, W, W[:, 0, 0, 0].copy(), (1, 1), (1, 1), "relu")
+    ops.conv2d_backward(Y, Y, ctx, W, "relu")
+    for pool in ((2, 2), (17, 16)):                 # uint8 and int32 argmax indices
+        P, pctx = ops.maxpool2d_forward(data((2, 1, 18, 18), dtype), pool, (1, 1))
+        ops.maxpool2d_backward(P, pctx)
+    P, pctx = ops.avgpool2d_forward(X, (2, 2), (2, 2))
+    ops.avgpool2d_backward(P, pctx)
+    g = numpy.ones(3, dtype)
+    out = ops.batchnorm2d_forward(X, g, g, 1e-5)
+    ops.batchnorm2d_backward(X, out[1], g, out[4])
+    ctype = FLOAT_CTYPES[numpy.dtype(dtype)]
+    want = {e for e in name_expressions(CONV_KERNEL_FILE) if e.split("<")[1].startswith(ctype)}
+    assert set(ops.launched) == want
+
+
 # ------------------------------------------------- a new activation entry
 def test_registered_activation_runs_in_the_cuda_kernels(tmp_path):
     """An activation registered at run time reaches the CUDA kernels: the source
@@ -548,5 +720,32 @@ def test_registered_activation_runs_in_the_cuda_kernels(tmp_path):
             numpy.testing.assert_allclose(dZ, dY * df, **tol(dtype))
             numpy.testing.assert_allclose(db, (dY * df).sum(axis=0), rtol=tol(dtype)["rtol"],
                                           atol=300 * tol(dtype)["atol"])
+    finally:
+        activations.unregister(SOFTPLUS.name)
+
+
+def test_registered_activation_runs_in_the_conv_kernels(tmp_path):
+    """The same for the convolution's epilogue and prologue (conv_kernels.cu)."""
+    from scratchnet import activations
+    from scratchnet.backends.cupy_ops import nvrtc_source
+    from test_activations import SOFTPLUS, softplus_reference
+
+    activations.register(SOFTPLUS)
+    try:
+        (tmp_path / CONV_KERNEL_FILE).write_text(nvrtc_source(CONV_KERNEL_FILE))
+        ops = HostKernelOps((None, None), (3, 32),
+                            build_shim(tmp_path, kernel_dir=tmp_path, source=CONV_KERNEL_FILE))
+        X, W, b = data((2, 2, 6, 6), numpy.float64), data((3, 2, 3, 3), numpy.float64, seed=1), \
+            data(3, numpy.float64, seed=2)
+        Y, ctx = ops.conv2d_forward(X, W, b, (1, 1), (1, 1), "softplus")
+        Z, _ = REF.conv2d_forward(X, W, b, (1, 1), (1, 1))
+        f, df = softplus_reference(Z)
+        numpy.testing.assert_allclose(Y, f, **tol(numpy.float64))
+        dY = data(Y.shape, numpy.float64, seed=3)
+        _, dW, db = ops.conv2d_backward(dY, Y, ctx, W, "softplus", need_dX=False)
+        _, dW_want, db_want = REF.conv2d_backward(dY * df, Z, REF.conv2d_forward(
+            X, W, b, (1, 1), (1, 1))[1], W)
+        numpy.testing.assert_allclose(dW, dW_want, rtol=1e-10)
+        numpy.testing.assert_allclose(db, db_want, rtol=1e-10)
     finally:
         activations.unregister(SOFTPLUS.name)

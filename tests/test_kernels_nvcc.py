@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scratchnet.backends.cupy_ops import KERNEL_FILE, name_expressions
+from scratchnet.backends.cupy_ops import KERNEL_FILE, KERNEL_FILES, name_expressions
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
 SOURCES = sorted(KERNEL_DIR.glob("*.cu"))
@@ -48,6 +48,7 @@ def entries(ptx_text):
 
 def test_there_are_kernel_sources():
     assert KERNEL_FILE in [s.name for s in SOURCES]
+    assert set(KERNEL_FILES) <= {s.name for s in SOURCES}
 
 
 def test_every_source_generates_code(ptx):
@@ -55,12 +56,13 @@ def test_every_source_generates_code(ptx):
         assert entries(text), f"{name}: no kernel entry in the PTX"
 
 
-def test_every_name_expression_has_an_entry(ptx):
-    mangled = entries(ptx[KERNEL_FILE])
+@pytest.mark.parametrize("source", KERNEL_FILES)
+def test_every_name_expression_has_an_entry(ptx, source):
+    mangled = entries(ptx[source])
     # bias_act<float> is mangled _Z8bias_actIfE...; softmax_xent_rows<float, long long>
     # _Z17softmax_xent_rowsIfxE...
-    code = {"float": "f", "double": "d", "int": "i", "long long": "x"}
-    for expr in name_expressions():
+    code = {"float": "f", "double": "d", "int": "i", "long long": "x", "unsigned char": "h"}
+    for expr in name_expressions(source):
         base, targs = expr.rstrip(">").split("<")
         prefix = f"_Z{len(base)}{base}I" + "".join(code[t.strip()] for t in targs.split(","))
         assert any(m.startswith(prefix + "E") for m in mangled), \
@@ -68,27 +70,29 @@ def test_every_name_expression_has_an_entry(ptx):
 
 
 @pytest.mark.skipif(DEMANGLE is None, reason="no c++filt/cu++filt to demangle PTX names")
-def test_entries_demangle_to_the_name_expressions(ptx):
-    mangled = entries(ptx[KERNEL_FILE])
+@pytest.mark.parametrize("source", KERNEL_FILES)
+def test_entries_demangle_to_the_name_expressions(ptx, source):
+    mangled = entries(ptx[source])
     out = subprocess.run([DEMANGLE], input="\n".join(mangled), capture_output=True,
                          text=True, check=True).stdout.splitlines()
     names = {re.sub(r"^void\s+", "", line).split("(")[0].replace(" ", "") for line in out}
-    assert names == {e.replace(" ", "") for e in name_expressions()}
+    assert names == {e.replace(" ", "") for e in name_expressions(source)}
 
 
-def test_source_with_the_header_inlined_compiles(tmp_path):
+@pytest.mark.parametrize("source", KERNEL_FILES)
+def test_source_with_the_header_inlined_compiles(tmp_path, source):
     """What CupyOps hands NVRTC (activations.cuh inlined, since NVRTC reads no
     files) compiles on its own, away from the kernels/ folder, to the same entries."""
     from scratchnet.backends.cupy_ops import nvrtc_source
 
-    src = tmp_path / KERNEL_FILE
-    src.write_text(nvrtc_source())
+    src = tmp_path / source
+    src.write_text(nvrtc_source(source))
     out = tmp_path / "inlined.ptx"
     cmd = [NVCC, "--ptx", f"-arch={ARCHS[0]}", "-std=c++17", "-Werror", "all-warnings",
            str(src), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
-    assert len(entries(out.read_text())) == len(name_expressions())
+    assert len(entries(out.read_text())) == len(name_expressions(source))
 
 
 # --------------------------------------------------------------------- NVRTC
@@ -102,8 +106,9 @@ def _nvrtc():
     return nvrtc
 
 
+@pytest.mark.parametrize("source", KERNEL_FILES)
 @pytest.mark.parametrize("arch", [a.replace("sm_", "compute_") for a in ARCHS])
-def test_nvrtc_compiles_the_name_expressions(arch):
+def test_nvrtc_compiles_the_name_expressions(arch, source):
     """The exact path of cupy.RawModule: NVRTC (no host headers), -std=c++17, name
     expressions; every expression must lower to a mangled kernel name in the PTX."""
     nvrtc = _nvrtc()
@@ -112,9 +117,9 @@ def test_nvrtc_compiles_the_name_expressions(arch):
                     "(pip install cupy-cuda13x nvidia-cuda-nvrtc)")
     from scratchnet.backends.cupy_ops import nvrtc_source
 
-    prog = nvrtc.createProgram(nvrtc_source(), KERNEL_FILE, [], [])
+    prog = nvrtc.createProgram(nvrtc_source(source), source, [], [])
     try:
-        for expr in name_expressions():
+        for expr in name_expressions(source):
             nvrtc.addNameExpression(prog, expr)
         try:
             nvrtc.compileProgram(prog, ["-std=c++17", f"--gpu-architecture={arch}"])
@@ -125,7 +130,7 @@ def test_nvrtc_compiles_the_name_expressions(arch):
         ptx = nvrtc.getPTX(prog)
         ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
         found = set(entries(ptx))
-        for expr in name_expressions():
+        for expr in name_expressions(source):
             assert nvrtc.getLoweredName(prog, expr) in found, expr
     finally:
         nvrtc.destroyProgram(prog)

@@ -1,9 +1,10 @@
 """The CuPy backend: the base class's composed defaults on the GPU, with the hot
 primitives replaced by scratchnet's own CUDA kernels.
 
-The kernels live in ``kernels/scratchnet_kernels.cu`` (shipped in the wheel as
-``scratchnet.kernels``); they are compiled once per device, lazily, the first
-time a fused primitive runs, through ``cupy.RawModule`` and NVRTC. Each fused
+The kernels live in ``kernels/scratchnet_kernels.cu`` and, for convolutional
+networks, ``kernels/conv_kernels.cu`` (shipped in the wheel as
+``scratchnet.kernels``); each file is compiled once per device, lazily, the
+first time one of its kernels runs, through ``cupy.RawModule`` and NVRTC. Each fused
 method handles float32 and float64 C-contiguous CuPy arrays and calls
 ``super()`` for any other dtype. Wrong arguments raise before anything is
 launched, naming the argument.
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy
 
 from . import BackendUnavailableError
+from ._conv import ConvContext, PoolContext, conv_geometry, pool_geometry
 from .base import Ops
 from .cuda_header import cuda_header
 from .. import activations
@@ -35,12 +37,27 @@ KERNELS_T = ("bias_act", "act_backward", "act_backward_bias", "column_sum", "sig
 #: Kernels templated on the float type T and the label type L.
 KERNELS_TL = ("softmax_xent_rows", "softmax_xent_grad")
 
+#: The convolution, pooling and 2-D batch-norm kernels: a second source file,
+#: compiled as its own module (the matrix products run in cuBLAS).
+CONV_KERNEL_FILE = "conv_kernels.cu"
+#: Its kernels templated on the float type T.
+CONV_KERNELS_T = ("conv_im2col", "conv_col2im", "conv_bias_act", "conv_act_backward",
+                  "conv_row_sums", "avgpool_forward", "avgpool_backward", "bn2d_partial_stats",
+                  "bn2d_stats", "bn2d_apply", "bn2d_partial_grads", "bn2d_grad_sums",
+                  "bn2d_backward_apply")
+#: Its kernels templated on the float type T and the argmax index type I.
+CONV_KERNELS_TI = ("maxpool_forward", "maxpool_backward")
+#: Every kernel source file, each compiled as one module.
+KERNEL_FILES = (KERNEL_FILE, CONV_KERNEL_FILE)
+
 #: The header the kernel file includes: activation codes (SN_ACT_*) and formulas,
 #: generated from the activation table (``backends/cuda_header.py``).
 ACT_HEADER = "activations.cuh"
 
 FLOAT_CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 LABEL_CTYPES = {numpy.dtype(numpy.int32): "int", numpy.dtype(numpy.int64): "long long"}
+#: Max pooling's argmax within a window: one byte up to 256 elements per window.
+INDEX_CTYPES = {numpy.dtype(numpy.uint8): "unsigned char", numpy.dtype(numpy.int32): "int"}
 
 NOT_INSTALLED = "CuPy is not installed: pip install scratchnet[cuda12] (or [cuda13])"
 
@@ -77,23 +94,53 @@ def kernel_source(name=KERNEL_FILE):
                             + " and in ".join(tried))
 
 
-def nvrtc_source():
-    """The kernel file as NVRTC compiles it.
+def nvrtc_source(name=KERNEL_FILE):
+    """The kernel file ``name`` as NVRTC compiles it.
 
     NVRTC reads no files, so ``#include "activations.cuh"`` is replaced by the
     header generated from the live activation table: for the built-in table
     that is the committed header (a test checks it), and an activation added
     with ``activations.register`` is compiled in too.
     """
-    return kernel_source(KERNEL_FILE).replace(f'#include "{ACT_HEADER}"', cuda_header())
+    return kernel_source(name).replace(f'#include "{ACT_HEADER}"', cuda_header())
 
 
-def name_expressions():
-    """Every kernel instantiation, as NVRTC name expressions (``"adam<float>"``)."""
-    names = [f"{k}<{t}>" for t in FLOAT_CTYPES.values() for k in KERNELS_T]
-    names += [f"{k}<{t}, {lt}>" for t in FLOAT_CTYPES.values()
+def name_expressions(name=KERNEL_FILE):
+    """Every kernel instantiation of the file ``name``, as NVRTC name expressions
+    (``"adam<float>"``)."""
+    floats = FLOAT_CTYPES.values()
+    if name == CONV_KERNEL_FILE:
+        return ([f"{k}<{t}>" for t in floats for k in CONV_KERNELS_T]
+                + [f"{k}<{t}, {it}>" for t in floats for it in INDEX_CTYPES.values()
+                   for k in CONV_KERNELS_TI])
+    if name != KERNEL_FILE:
+        raise ValueError(f"unknown kernel file {name!r}; expected one of {KERNEL_FILES}")
+    names = [f"{k}<{t}>" for t in floats for k in KERNELS_T]
+    names += [f"{k}<{t}, {lt}>" for t in floats
               for lt in LABEL_CTYPES.values() for k in KERNELS_TL]
     return names
+
+
+def kernel_file(expr):
+    """The source file that defines the kernel of name expression ``expr``."""
+    base = expr.split("<", 1)[0]
+    return CONV_KERNEL_FILE if base in CONV_KERNELS_T + CONV_KERNELS_TI else KERNEL_FILE
+
+
+def row_chunk(n_rows, n_cols, target_tasks=1 << 16, min_cols=64):
+    """Columns per (row, chunk) task of ``conv_row_sums``: about ``target_tasks``
+    tasks, at least ``min_cols`` columns each."""
+    n_rows, n_cols = max(int(n_rows), 1), max(int(n_cols), 1)
+    return max(min_cols, -(-n_rows * n_cols // target_tasks))
+
+
+def bn_chunk(n, channel_size, target_tasks=1 << 16):
+    """``(rows_per_chunk, n_chunks)``: the rows n of (N, C, L) cut so that the
+    (chunk, c, l) tasks of the 2-D batch-norm sums are about ``target_tasks``."""
+    n = max(int(n), 1)
+    n_chunks = max(1, min(n, target_tasks // max(int(channel_size), 1)))
+    rows = -(-n // n_chunks)
+    return rows, -(-n // rows)
 
 
 # ---------------------------------------------------------- argument checks
@@ -238,7 +285,7 @@ class CupyOps(Ops):
 
     def __init__(self):
         self.xp, self._unavailable = _import_cupy()
-        self._raw_module = None
+        self._raw_modules = {}  # kernel file -> cupy.RawModule
         self._functions = {}  # (device id, name expression) -> RawKernel
         self._table_version = activations.version()  # the table the module is built from
         self._max_blocks = {}  # device id -> grid cap
@@ -271,7 +318,7 @@ class CupyOps(Ops):
 
     def compile_kernels(self):
         """Compile (once) and load every kernel on the current device; returns their names."""
-        names = name_expressions()
+        names = [expr for name in KERNEL_FILES for expr in name_expressions(name)]
         for expr in names:
             self._function(expr)
         return names
@@ -280,16 +327,18 @@ class CupyOps(Ops):
         cupy = self.xp
         if self._table_version != activations.version():
             # An activation was registered or removed: recompile from the new table.
-            self._raw_module, self._functions = None, {}
+            self._raw_modules, self._functions = {}, {}
             self._table_version = activations.version()
         key = (cupy.cuda.get_device_id(), expr)
         fn = self._functions.get(key)
         if fn is None:
-            if self._raw_module is None:
-                self._raw_module = cupy.RawModule(
-                    code=nvrtc_source(), options=("-std=c++17",),
-                    name_expressions=name_expressions())
-            fn = self._functions[key] = self._raw_module.get_function(expr)
+            name = kernel_file(expr)
+            module = self._raw_modules.get(name)
+            if module is None:
+                module = self._raw_modules[name] = cupy.RawModule(
+                    code=nvrtc_source(name), options=("-std=c++17",),
+                    name_expressions=name_expressions(name))
+            fn = self._functions[key] = module.get_function(expr)
         return fn
 
     def _launch(self, expr, n, args, block=BLOCK):
@@ -576,3 +625,213 @@ class CupyOps(Ops):
             self._launch(f"adagrad<{FLOAT_CTYPES[param.dtype]}>", param.size,
                          (param, grad, state_sum, numpy.int64(param.size),
                           T(lr / (1 + (step - 1) * lr_decay)), T(eps), T(weight_decay)))
+
+    # ------------------------------------------------- convolution, pooling
+    # The layout of the Numba backend (see kernels/conv_kernels.cu): im2col into
+    # a (C*kh*kw, N*Ho*Wo) column matrix, one cuBLAS product each for Y, dW and
+    # dcols, a fused epilogue (bias, activation, NCHW) and prologue
+    # (activation backward into the product's layout), col2im as a gather.
+
+    def _conv_geometry_args(self, shape, W_shape, stride, padding, hw_out):
+        n, c, h, w = shape
+        _, _, kh, kw = W_shape
+        return tuple(numpy.int32(v) for v in (n, c, h, w, kh, kw, *stride, *padding, *hw_out))
+
+    def _row_sums(self, A):
+        """A.sum(axis=1) of a (rows, cols) array: partial sums per (row, chunk), then per row."""
+        xp = self.xp
+        rows, cols = A.shape
+        ctype = FLOAT_CTYPES[A.dtype]
+        chunk = row_chunk(rows, cols)
+        n_chunks = -(-cols // chunk)
+        partial = xp.empty((rows, n_chunks), A.dtype)
+        self._launch(f"conv_row_sums<{ctype}>", rows * n_chunks,
+                     (A, partial, numpy.int32(rows), numpy.int64(cols), numpy.int64(chunk)),
+                     block=SMALL_BLOCK)
+        if n_chunks == 1:
+            return partial.reshape(rows)
+        out = xp.empty(rows, A.dtype)
+        self._launch(f"conv_row_sums<{ctype}>", rows,
+                     (partial, out, numpy.int32(rows), numpy.int64(n_chunks),
+                      numpy.int64(n_chunks)), block=SMALL_BLOCK)
+        return out
+
+    def conv2d_forward(self, X, W, b, stride, padding, activation="identity", alpha=0.0):
+        geometry = conv_geometry(X, W, stride, padding)
+        if not (geometry and self._fused(X)):
+            return super().conv2d_forward(X, W, b, stride, padding, activation, alpha)
+        spec = activations.get_activation(activation)
+        self._check_device("X", X)
+        check_array("X", X)
+        self._check_device("W", W)
+        check_array("W", W, dtype=X.dtype)
+        o = W.shape[0]
+        if b is not None:
+            self._check_device("b", b)
+            check_array("b", b, dtype=X.dtype, shape=(o,))
+        stride, padding, (ho, wo) = geometry
+        n, c = X.shape[0], X.shape[1]
+        k = c * W.shape[2] * W.shape[3]
+        check_counts("the column matrix", k, n * ho * wo)
+        xp, ctype = self.xp, FLOAT_CTYPES[X.dtype]
+        geo = self._conv_geometry_args(X.shape, W.shape, stride, padding, (ho, wo))
+        cols = xp.empty((k, n * ho * wo), X.dtype)
+        self._launch(f"conv_im2col<{ctype}>", cols.size, (X, cols, *geo))
+        Z = xp.matmul(W.reshape(o, k), cols)                          # (O, N*Ho*Wo)
+        Y = xp.empty((n, o, ho, wo), X.dtype)
+        self._launch(f"conv_bias_act<{ctype}>", Y.size,
+                     (Z, b, Y, numpy.int32(n), numpy.int32(o), numpy.int64(ho * wo),
+                      numpy.int32(spec.code), X.dtype.type(alpha)))
+        return Y, ConvContext(self.name, cols, X.shape, stride, padding, b is not None)
+
+    def conv2d_backward(self, dY, Y, ctx, W, activation="identity", alpha=0.0, need_dX=True):
+        if not (isinstance(ctx, ConvContext) and ctx.belongs_to(self)):
+            return super().conv2d_backward(dY, Y, ctx, W, activation, alpha, need_dX)
+        spec = activations.get_activation(activation)
+        cols = ctx.cols
+        n, c, h, w = ctx.shape
+        (sh, sw), (ph, pw) = ctx.stride, ctx.padding
+        self._check_device("W", W)
+        check_array("W", W, dtype=cols.dtype, ndim=4)
+        o, _, kh, kw = W.shape
+        if c * kh * kw != cols.shape[0]:
+            raise ValueError(f"W has shape {tuple(W.shape)}, but the forward of this context "
+                             f"had {c} input channels and a column matrix of "
+                             f"{cols.shape[0]} rows")
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        self._check_device("dY", dY)
+        check_array("dY", dY, dtype=cols.dtype, shape=(n, o, ho, wo))
+        if not spec.passes_gradient:
+            self._check_device("Y", Y)
+            check_like("Y", Y, "dY", dY)
+        xp, ctype, T = self.xp, FLOAT_CTYPES[cols.dtype], cols.dtype.type
+        dZ = xp.empty((o, n * ho * wo), cols.dtype)
+        self._launch(f"conv_act_backward<{ctype}>", dZ.size,
+                     (dY, dY if spec.passes_gradient else Y, dZ, numpy.int32(n), numpy.int32(o),
+                      numpy.int64(ho * wo), numpy.int32(spec.code), T(alpha)))
+        db = self._row_sums(dZ) if ctx.has_bias else None
+        dW = xp.matmul(dZ, cols.T).reshape(W.shape)
+        dX = None
+        if need_dX:
+            dcols = xp.matmul(W.reshape(o, c * kh * kw).T, dZ)           # (C*kh*kw, N*Ho*Wo)
+            dX = xp.empty(ctx.shape, cols.dtype)
+            geo = self._conv_geometry_args(ctx.shape, W.shape, ctx.stride, ctx.padding,
+                                           (ho, wo))
+            self._launch(f"conv_col2im<{ctype}>", dX.size, (dcols, dX, *geo))
+        return dX, dW, db
+
+    def _pool_args(self, shape, pool, stride, hw_out):
+        n, c, h, w = shape
+        check_counts("the pooled input", n * c, h * w)
+        return tuple(numpy.int32(v) for v in (n * c, h, w, *pool, *stride, *hw_out))
+
+    def maxpool2d_forward(self, X, pool, stride):
+        geometry = pool_geometry(X, pool, stride)
+        if not (geometry and self._fused(X)):
+            return super().maxpool2d_forward(X, pool, stride)
+        self._check_device("X", X)
+        check_array("X", X)
+        pool, stride, hw_out = geometry
+        xp = self.xp
+        Y = xp.empty(X.shape[:2] + hw_out, X.dtype)
+        idx = xp.empty(Y.shape, numpy.uint8 if pool[0] * pool[1] <= 256 else numpy.int32)
+        self._launch(f"maxpool_forward<{FLOAT_CTYPES[X.dtype]}, {INDEX_CTYPES[idx.dtype]}>",
+                     Y.size, (X, Y, idx, *self._pool_args(X.shape, pool, stride, hw_out)))
+        return Y, PoolContext(self.name, X.shape, pool, stride, idx)
+
+    def maxpool2d_backward(self, dY, ctx):
+        if not (isinstance(ctx, PoolContext) and ctx.belongs_to(self, max_pool=True)):
+            return super().maxpool2d_backward(dY, ctx)
+        self._check_device("dY", dY)
+        if not self._fused(dY):
+            raise TypeError(f"dY must have dtype float32 or float64, got {dY.dtype}")
+        check_array("dY", dY, shape=ctx.idx.shape)
+        dX = self.xp.empty(ctx.shape, dY.dtype)
+        self._launch(f"maxpool_backward<{FLOAT_CTYPES[dY.dtype]}, "
+                     f"{INDEX_CTYPES[ctx.idx.dtype]}>", dX.size,
+                     (dY, ctx.idx, dX, *self._pool_args(ctx.shape, ctx.pool, ctx.stride,
+                                                        tuple(dY.shape[2:]))))
+        return dX
+
+    def avgpool2d_forward(self, X, pool, stride):
+        geometry = pool_geometry(X, pool, stride)
+        if not (geometry and self._fused(X)):
+            return super().avgpool2d_forward(X, pool, stride)
+        self._check_device("X", X)
+        check_array("X", X)
+        pool, stride, hw_out = geometry
+        Y = self.xp.empty(X.shape[:2] + hw_out, X.dtype)
+        self._launch(f"avgpool_forward<{FLOAT_CTYPES[X.dtype]}>", Y.size,
+                     (X, Y, *self._pool_args(X.shape, pool, stride, hw_out)))
+        return Y, PoolContext(self.name, X.shape, pool, stride, None)
+
+    def avgpool2d_backward(self, dY, ctx):
+        if not (isinstance(ctx, PoolContext) and ctx.belongs_to(self, max_pool=False)):
+            return super().avgpool2d_backward(dY, ctx)
+        n, c, h, w = ctx.shape
+        (kh, kw), (sh, sw) = ctx.pool, ctx.stride
+        self._check_device("dY", dY)
+        if not self._fused(dY):
+            raise TypeError(f"dY must have dtype float32 or float64, got {dY.dtype}")
+        check_array("dY", dY, shape=(n, c, (h - kh) // sh + 1, (w - kw) // sw + 1))
+        dX = self.xp.empty(ctx.shape, dY.dtype)
+        self._launch(f"avgpool_backward<{FLOAT_CTYPES[dY.dtype]}>", dX.size,
+                     (dY, dX, *self._pool_args(ctx.shape, ctx.pool, ctx.stride,
+                                               tuple(dY.shape[2:]))))
+        return dX
+
+    def batchnorm2d_forward(self, X, gamma, beta, eps):
+        if not (getattr(X, "ndim", 0) == 4 and self._fused(X) and X.size):
+            return super().batchnorm2d_forward(X, gamma, beta, eps)
+        self._check_device("X", X)
+        check_array("X", X)
+        n, c, h, w = X.shape
+        for name, a in (("gamma", gamma), ("beta", beta)):
+            self._check_device(name, a)
+            check_array(name, a, dtype=X.dtype, shape=(c,))
+        xp, ctype, T = self.xp, FLOAT_CTYPES[X.dtype], X.dtype.type
+        l = h * w
+        rows, chunks = bn_chunk(n, c * l)
+        psum = xp.empty(chunks * c * l, numpy.float64)
+        psq = xp.empty(chunks * c * l, numpy.float64)
+        self._launch(f"bn2d_partial_stats<{ctype}>", psum.size,
+                     (X, psum, psq, numpy.int32(n), numpy.int32(c), numpy.int64(l),
+                      numpy.int32(rows)))
+        mean, var, inv_std = (xp.empty(c, X.dtype) for _ in range(3))
+        self._launch(f"bn2d_stats<{ctype}>", c,
+                     (X, psum, psq, mean, var, inv_std, numpy.int32(c), numpy.int64(l),
+                      numpy.int32(chunks), numpy.int64(n * l), T(eps)), block=SMALL_BLOCK)
+        xhat, Y = xp.empty_like(X), xp.empty_like(X)
+        self._launch(f"bn2d_apply<{ctype}>", X.size,
+                     (X, mean, inv_std, gamma, beta, xhat, Y, numpy.int32(c), numpy.int64(l),
+                      numpy.int64(X.size)))
+        return Y, xhat, mean, var, inv_std
+
+    def batchnorm2d_backward(self, dY, xhat, gamma, inv_std):
+        if not (getattr(dY, "ndim", 0) == 4 and self._fused(dY) and dY.size):
+            return super().batchnorm2d_backward(dY, xhat, gamma, inv_std)
+        self._check_device("dY", dY)
+        check_array("dY", dY)
+        self._check_device("xhat", xhat)
+        check_like("xhat", xhat, "dY", dY)
+        n, c, h, w = dY.shape
+        for name, a in (("gamma", gamma), ("inv_std", inv_std)):
+            self._check_device(name, a)
+            check_array(name, a, dtype=dY.dtype, shape=(c,))
+        xp, ctype, T = self.xp, FLOAT_CTYPES[dY.dtype], dY.dtype.type
+        l = h * w
+        rows, chunks = bn_chunk(n, c * l)
+        psum = xp.empty(chunks * c * l, numpy.float64)
+        pdot = xp.empty(chunks * c * l, numpy.float64)
+        self._launch(f"bn2d_partial_grads<{ctype}>", psum.size,
+                     (dY, xhat, psum, pdot, numpy.int32(n), numpy.int32(c), numpy.int64(l),
+                      numpy.int32(rows)))
+        dgamma, dbeta = xp.empty(c, dY.dtype), xp.empty(c, dY.dtype)
+        self._launch(f"bn2d_grad_sums<{ctype}>", c,
+                     (psum, pdot, dgamma, dbeta, numpy.int32(c), numpy.int64(l),
+                      numpy.int32(chunks)), block=SMALL_BLOCK)
+        dX = xp.empty_like(dY)
+        self._launch(f"bn2d_backward_apply<{ctype}>", dY.size,
+                     (dY, xhat, gamma, inv_std, dgamma, dbeta, dX, numpy.int32(c),
+                      numpy.int64(l), numpy.int64(dY.size), T(n * l)))
+        return dX, dgamma, dbeta
