@@ -312,6 +312,24 @@ def nb():
     return ops
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk_bytes", [1, 12000, 1 << 40])
+@pytest.mark.parametrize("case", [(5, (2, 6, 6), 3, (3, 3), (1, 1), (1, 1)),
+                                  (5, (3, 7, 6), 2, (2, 3), (2, 1), (0, 2))])
+def test_conv2d_in_chunks_of_samples(nb, monkeypatch, case, chunk_bytes, dtype):
+    """One sample per chunk, chunks of 2 (float64) or 4 (float32) samples with a
+    shorter last one, and the whole batch at once give the reference's result."""
+    monkeypatch.setattr(nb, "conv_chunk_bytes", chunk_bytes)
+    X, W, b, s, p = conv_inputs(case, dtype, seed=5)
+    Y, ctx = nb.conv2d_forward(X, W, b, s, p, "relu")
+    close(Y, act_forward("relu", ref_conv(X, W, b, s, p), 0.0), dtype)
+    dY = rand(Y.shape, 6, dtype)
+    dZ = act_grad("relu", dY.astype(np.float64), Y.astype(np.float64), 0.0)
+    for got, want in zip(nb.conv2d_backward(dY, Y, ctx, W, "relu"),
+                         ref_conv_backward(dZ, X, W, s, p)):
+        close(got, want, dtype, scale=10)
+
+
 def test_uncovered_dtypes_run_the_composed_default_and_its_backward(nb):
     """float16 runs the base class's forward; its context goes back to the base
     class's backward, which is what the NumPy backend computes."""

@@ -54,14 +54,17 @@ def pool_geometry(X, pool, stride):
 
 
 class ConvContext:
-    """What a fused conv2d_backward needs from its forward."""
+    """What a fused conv2d_backward needs from its forward: the column matrix,
+    or the input X itself when the backward builds the columns again."""
 
-    __slots__ = ("owner", "cols", "shape", "stride", "padding", "has_bias")
+    __slots__ = ("owner", "cols", "X", "shape", "dtype", "stride", "padding", "has_bias")
 
-    def __init__(self, owner, cols, shape, stride, padding, has_bias):
+    def __init__(self, owner, shape, dtype, stride, padding, has_bias, cols=None, X=None):
         self.owner = owner            # the backend's name
-        self.cols = cols              # (C*kh*kw, N*Ho*Wo): the forward's column matrix
+        self.cols = cols              # (C*kh*kw, N*Ho*Wo): the forward's column matrix, or None
+        self.X = X                    # the forward's input (kept, not copied), or None
         self.shape = tuple(shape)     # X's shape
+        self.dtype = dtype
         self.stride, self.padding, self.has_bias = stride, padding, has_bias
 
     def belongs_to(self, ops):

@@ -616,9 +616,10 @@ def _fill(a, value):
 
 
 @jit
-def im2col(X, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, cols):
-    """cols[(c*kh + i)*kw + j, s*P + oh*Wo + ow] = X[n0 + s, c, oh*sh - ph + i, ow*sw - pw + j],
-    0 where that falls outside X. X: (N, C, H, W); cols: (C*kh*kw, S*P), P = Ho*Wo.
+def im2col(X, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, S, cols, m0):
+    """cols[(c*kh + i)*kw + j, m0 + s*P + oh*Wo + ow] = X[n0 + s, c, oh*sh - ph + i, ow*sw - pw + j]
+    for the S samples n0 .. n0+S-1, 0 where that falls outside X. X: (N, C, H, W);
+    cols: (C*kh*kw, M), P = Ho*Wo.
 
     With stride 1 and Wo == W (a "same" convolution) a tap's rows are one
     run: input and output pixels are a constant distance apart, so the
@@ -639,8 +640,8 @@ def im2col(X, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, cols):
                 off = j - pw
                 lo, hi = _tap_range(Wo, sw, off, W)
                 r1 = rhi if lo < hi else rlo
-                row = out[((c * kh + i) * kw + j) * M:((c * kh + i) * kw + j + 1) * M]
-                for s in range(M // P):
+                row = out[((c * kh + i) * kw + j) * M + m0:((c * kh + i) * kw + j + 1) * M]
+                for s in range(S):
                     dst = row[s * P:(s + 1) * P]
                     x0 = ((n0 + s) * C + c) * HW
                     _fill(dst[:rlo * Wo], zero)
@@ -671,7 +672,7 @@ def im2col(X, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, cols):
 
 
 @jit
-def col2im(dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, dX):
+def col2im(dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, S, dX):
     """The adjoint of ``im2col``: dX[n0 + s] = the sum, over the taps, of the
     entries of dcols (C*kh*kw, S*P) that im2col copied from each pixel.
 
@@ -685,7 +686,6 @@ def col2im(dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, dX):
     g = dcols.reshape(-1)
     P = Ho * Wo
     M = dcols.shape[1]
-    S = M // P
     HW = H * W
     zero = dX.dtype.type(0)
     one_run = sh == 1 and sw == 1 and Wo == W

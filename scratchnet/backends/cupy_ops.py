@@ -682,7 +682,8 @@ class CupyOps(Ops):
         self._launch(f"conv_bias_act<{ctype}>", Y.size,
                      (Z, b, Y, numpy.int32(n), numpy.int32(o), numpy.int64(ho * wo),
                       numpy.int32(spec.code), X.dtype.type(alpha)))
-        return Y, ConvContext(self.name, cols, X.shape, stride, padding, b is not None)
+        return Y, ConvContext(self.name, X.shape, X.dtype, stride, padding, b is not None,
+                              cols=cols)
 
     def conv2d_backward(self, dY, Y, ctx, W, activation="identity", alpha=0.0, need_dX=True):
         if not (isinstance(ctx, ConvContext) and ctx.belongs_to(self)):
