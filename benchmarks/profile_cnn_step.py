@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import scratchnet as sn  # noqa: E402
 from scratchnet import training  # noqa: E402
 from scratchnet.backends import BackendUnavailableError, get_ops  # noqa: E402
+from scratchnet.bench import cases  # noqa: E402
 
 PHASES = ("im2col", "GEMM", "col2im", "bias+act", "pooling", "loss", "optimizer", "other")
 
@@ -83,14 +84,6 @@ KERNEL_PHASES = {
 }
 
 
-def make_model(backend, seed=0):
-    return sn.Sequential([
-        sn.Conv2D(1, 32, 3, padding=1), sn.ReLU(), sn.MaxPool2D(2),
-        sn.Conv2D(32, 64, 3, padding=1), sn.ReLU(), sn.MaxPool2D(2),
-        sn.Flatten(), sn.Dense(64 * 7 * 7, 128, init="he"), sn.ReLU(), sn.Dense(128, 10),
-    ], seed=seed, dtype="float32", backend=backend)
-
-
 def make_data(batch, seed=0):
     rng = numpy.random.default_rng(seed)
     X = rng.random((batch, 1, 28, 28), dtype=numpy.float32)
@@ -101,7 +94,7 @@ def make_data(batch, seed=0):
 def scratchnet_step(backend, X, y):
     """A zero-argument callable running one training step on ``backend``."""
     ops = get_ops(backend)
-    model = make_model(backend)
+    model = cases.make_cnn(backend)
     step = training.MatrixStep(model, sn.SoftmaxCrossEntropy())
     opt = sn.Adam(1e-3)
     Xd, yd = ops.asarray(X), ops.asarray(y)
@@ -200,11 +193,8 @@ def profile_backend(backend, X, y, repeats, warmup):
 def torch_step(X, y, threads):
     import torch
     from torch import nn
+    model = cases.make_torch_cnn("cpu")
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
@@ -217,25 +207,10 @@ def torch_step(X, y, threads):
 
 
 def gemm_floor(batch):
-    """A callable running the step's 11 products at the Numba backend's shapes."""
-    rng = numpy.random.default_rng(0)
-
-    def r(*shape):
-        return rng.standard_normal(shape).astype(numpy.float32)
-
-    p1, p2 = batch * 28 * 28, batch * 14 * 14
-    W1, c1, d1 = r(32, 9), r(9, p1), r(32, p1)
-    W2, c2, d2 = r(64, 288), r(288, p2), r(64, p2)
-    h, W3, d3 = r(batch, 3136), r(3136, 128), r(batch, 128)
-    h4, W4, d4 = r(batch, 128), r(128, 10), r(batch, 10)
-    mm = numpy.matmul
-
-    def run():
-        mm(W1, c1), mm(d1, c1.T)                              # conv1: forward, dW
-        mm(W2, c2), mm(d2, c2.T), mm(W2.T, d2)                # conv2: forward, dW, dcols
-        mm(h, W3), mm(h.T, d3), mm(d3, W3.T)                  # dense 3136 -> 128
-        mm(h4, W4), mm(h4.T, d4), mm(d4, W4.T)                # dense 128 -> 10
-    return run
+    """A callable running the step's 11 products at the Numba backend's shapes
+    (``cases.cnn_gemm_shapes``), into preallocated outputs."""
+    size = cases.dataclasses.replace(cases.SIZES["tiny"], cnn_batch=batch)
+    return cases.CnnFloorCase("numpy", size).prepare().run
 
 
 def usable_cores():

@@ -228,6 +228,86 @@ def test_compile_case_runs(case):
     assert method == cases.compile_method(cases._ops(case.impl))
 
 
+# ------------------------------------------------------------ the reference CNN
+def test_cnn_registry():
+    full = cases.SIZES["full"]
+    layer = cases.cnn_layer_cases(full)
+    assert {(c.layer, c.direction) for c in layer} == {
+        (name, d) for name in cases.CNN_LAYERS for d in ("forward", "backward")}
+    assert {"torch-cpu", "torch-cuda", "numpy", "numba"} <= {c.impl for c in layer}
+    step = cases.cnn_step_cases(full)
+    assert {c.kind for c in step} == {"cnn_step", "cnn_floor"}
+    assert {c.group for c in step} == {"cnn_step-b128"}
+    train = cases.cnn_train_cases(full)
+    assert {(c.mode, c.batch_size) for c in train} == {
+        (m, b) for m in ("per_sample", "minibatch") for b in full.cnn_batch_sizes}
+    assert full.cnn_batch == 128
+
+
+def _torch_layer_result(case):
+    torch_case = dataclasses.replace(case, impl="torch-cpu")
+    return [host(x) for x in torch_case.prepare().run()]
+
+
+@pytest.mark.parametrize("case", [p for p in _params("cnn_layer")
+                                  if p.values[0].impl not in cases.TORCH_IMPLS])
+def test_cnn_layer_case_matches_torch(case):
+    """Each backend's timed call gives PyTorch's result on the same inputs."""
+    got = [host(x) for x in case.prepare().run() if x is not None]
+    if cases.torch_unavailable("torch-cpu"):
+        pytest.skip(cases.torch_unavailable("torch-cpu"))
+    want = _torch_layer_result(case)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == numpy.float32
+        numpy.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", _params("cnn_step"))
+def test_cnn_step_case_runs(case):
+    prepared = case.prepare()
+    if case.kind == "cnn_floor":
+        products = prepared.run()
+        shapes = cases.cnn_gemm_shapes(TINY.cnn_batch)
+        assert len(products) == len(shapes) == prepared.info["gemms_per_step"]
+        for (a, b, out), (_, sa, sb, _) in zip(products, shapes):
+            assert tuple(a.shape) == sa and tuple(b.shape) == sb
+            numpy.testing.assert_allclose(host(out), host(a) @ host(b), rtol=1e-4, atol=1e-4)
+        return
+    first, second = prepared.run(), prepared.run()
+    assert math.isfinite(first) and math.isfinite(second) and second != first
+    assert prepared.samples == TINY.cnn_batch
+
+
+def test_torch_cnn_is_the_same_model():
+    if cases.torch_unavailable("torch-cpu"):
+        pytest.skip(cases.torch_unavailable("torch-cpu"))
+    tm, sm = cases.make_torch_cnn("cpu"), cases.make_cnn("numpy")
+    assert sum(p.numel() for p in tm.parameters()) == sm.count_params() == 421_642
+    assert [tuple(p.shape) for p in tm.parameters()][:2] == [(32, 1, 3, 3), (32,)]
+
+
+@pytest.mark.parametrize("case", _params("cnn_train"))
+def test_cnn_train_case_runs(case):
+    prepared = case.prepare()
+    hist = prepared.run()
+    assert prepared.samples == TINY.cnn_slice and math.isfinite(hist.history["loss"][-1])
+
+
+@pytest.mark.parametrize("backend", cases.backend_names())
+def test_cnn_per_sample_and_minibatch_make_the_same_update(backend):
+    why = cases.backend_unavailable(backend)
+    if why:
+        pytest.skip(why)
+    models = []
+    for mode in ("per_sample", "minibatch"):
+        prepared = cases.CnnTrainCase(backend, TINY, mode=mode, batch_size=4).prepare()
+        prepared.run()
+        models.append(prepared.model)
+    for a, b in zip(*(m.parameters() for m in models)):
+        numpy.testing.assert_allclose(host(a), host(b), rtol=1e-4, atol=2e-5)
+
+
 # ---------------------------------------------------------------------- timing
 class _FakeBenchmark:
     """Just what ``time_case`` uses of pytest-benchmark's fixture."""

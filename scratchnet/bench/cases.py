@@ -17,7 +17,16 @@ The questions, one group family each:
   backend, PyTorch on the same model and data, and the step's matrix products
   alone (the GEMM floor);
 * ``inference-b<B>`` -- ``predict`` throughput, per backend and PyTorch;
-* ``compile`` -- a backend's kernel compilation, cold, in a fresh process.
+* ``compile`` -- a backend's kernel compilation, cold, in a fresh process;
+* ``cnn_layer-<layer>-<direction>`` -- one layer of the reference CNN (below),
+  forward or backward, on every backend and PyTorch, at the same shapes;
+* ``cnn_step-b<B>`` -- one training step of the reference CNN per backend,
+  PyTorch's, and the step's 11 matrix products alone (the GEMM floor);
+* ``cnn_per_sample_vs_minibatch-b<B>`` -- group 1's question for the CNN.
+
+The reference CNN (28x28 grey images, 10 classes): Conv2D(1, 32, 3, padding=1)
++ ReLU, MaxPool2D(2), Conv2D(32, 64, 3, padding=1) + ReLU, MaxPool2D(2),
+Flatten, Dense(3136, 128) + ReLU, Dense(128, 10); softmax-cross-entropy, Adam.
 
 Sizes: ``SIZES["full"]`` is the real benchmark, ``"quick"`` finishes the
 whole suite in under 3 minutes on 2 cores, ``"tiny"`` is what the tests run.
@@ -75,6 +84,9 @@ class Size:
     min_round_s: float        # fast calls are looped until a round lasts this long
     case_s: float = 0.0       # fast cases get more rounds, up to about this many seconds
     max_rounds: int = 0       # ... and at most this many rounds
+    cnn_batch: int = 128      # CNN layers and training step: the batch
+    cnn_slice: int = 512      # CNN per-sample vs mini-batch: samples per pass
+    cnn_batch_sizes: tuple = (1, 8, 32, 128)
 
     def fused_shape(self, label):
         return self.fused_shapes[label]
@@ -90,20 +102,23 @@ SIZES = {
                  fused_shapes={_label(s): s for s in FUSED_SHAPES},
                  epoch_samples=FASHION_TRAIN, epoch_batch_sizes=(32, 128, 512),
                  infer_samples=10_000, infer_batch_sizes=(1, 1024),
-                 rounds=5, min_round_s=0.05, case_s=2.0, max_rounds=25),
+                 rounds=5, min_round_s=0.05, case_s=2.0, max_rounds=25,
+                 cnn_batch=128, cnn_slice=512, cnn_batch_sizes=(1, 8, 32, 128)),
     "quick": Size("quick", train_slice=4096, per_sample_slice=512,
                   batch_sizes=(1, 32, 512),
                   fused_shapes={_label(s): s for s in FUSED_SHAPES},
                   epoch_samples=4096, epoch_batch_sizes=(32, 128, 512),
                   infer_samples=2048, infer_batch_sizes=(1, 1024),
-                  rounds=3, min_round_s=0.01, case_s=0.3, max_rounds=11),
+                  rounds=3, min_round_s=0.01, case_s=0.3, max_rounds=11,
+                  cnn_batch=32, cnn_slice=64, cnn_batch_sizes=(1, 32)),
     "tiny": Size("tiny", train_slice=48, per_sample_slice=48,
                  batch_sizes=(1, 8, 32, 128, 512, 2048),
                  fused_shapes={"128x256": (5, 256), "128x128": (5, 128), "128x10": (5, 10),
                                "4096x1000": (33, 1000)},
                  epoch_samples=200, epoch_batch_sizes=(32, 128, 512),
                  infer_samples=40, infer_batch_sizes=(1, 1024),
-                 rounds=1, min_round_s=0.0),
+                 rounds=1, min_round_s=0.0,
+                 cnn_batch=4, cnn_slice=8, cnn_batch_sizes=(1, 4)),
 }
 
 
@@ -814,6 +829,340 @@ class CompileCase(Case):
         return Prepared(run, info)
 
 
+# ---------------------------------------------------------------- the reference CNN
+#: name -> (kind, input (C, H, W), output channels): the layers of the reference CNN
+#: that the ``cnn_layer`` cases time (a conv includes its fused ReLU).
+CNN_LAYERS = {"conv1": ("conv", (1, 28, 28), 32), "pool1": ("pool", (32, 28, 28), 32),
+              "conv2": ("conv", (32, 14, 14), 64), "pool2": ("pool", (64, 14, 14), 64)}
+CNN_LR = 1e-3
+
+
+def make_cnn(backend="numpy", seed=0, dtype="float32"):
+    """The reference CNN: He-normal weights (Conv2D's default), zero biases."""
+    from .. import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+    return Sequential([Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2),
+                       Conv2D(32, 64, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+                       Dense(64 * 7 * 7, 128, init="he"), ReLU(), Dense(128, 10, init="he")],
+                      seed=seed, dtype=dtype, backend=backend)
+
+
+def make_torch_cnn(device="cpu", seed=0):
+    """The same CNN in PyTorch (kaiming-normal fan_in weights, zero biases), eager."""
+    import torch
+    from torch import nn
+    torch.set_num_threads(torch_threads())
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+    for m in model:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return model.to(device)
+
+
+def make_images(n, split="train", seed=0, source="auto"):
+    """``(X, y, source)`` as ``make_data``, X as (n, 1, 28, 28) images."""
+    X, y, src = make_data(n, split, seed, source)
+    return numpy.ascontiguousarray(X).reshape(n, 1, 28, 28), y, src
+
+
+def cnn_layer_inputs(layer, batch, seed=0):
+    """Host float32 inputs of a ``CNN_LAYERS`` layer at batch ``batch``: X, and
+    W and b for a conv; dY, the gradient of its output."""
+    kind, (c, h, w), o = CNN_LAYERS[layer]
+    rng = numpy.random.default_rng(seed)
+    f32 = numpy.float32
+    X = rng.standard_normal((batch, c, h, w)).astype(f32)
+    if layer == "conv1":
+        X = rng.random((batch, c, h, w), dtype=f32)         # an image in [0, 1)
+    elif kind == "pool" or c > 1:
+        X = numpy.maximum(X, 0)                              # after a ReLU
+    out = {"X": X}
+    if kind == "conv":
+        out["W"] = (rng.standard_normal((o, c, 3, 3)) * (2 / (9 * c)) ** 0.5).astype(f32)
+        out["b"] = (rng.standard_normal(o) * 0.1).astype(f32)
+        out["dY"] = rng.standard_normal((batch, o, h, w)).astype(f32)
+    else:
+        out["dY"] = rng.standard_normal((batch, o, h // 2, w // 2)).astype(f32)
+    return out
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CnnLayerCase(Case):
+    """One layer of the reference CNN, forward or backward, at ``size.cnn_batch``.
+
+    A conv is Conv2D with its fused ReLU (``ops.conv2d_forward(..., "relu")``;
+    PyTorch: ``relu(conv2d(...))``); its backward gives dW, db and, except for
+    the first layer, dX. A pool is 2x2 max pooling. The backward is timed alone,
+    from one forward made in ``prepare`` (PyTorch: ``autograd.grad`` with the
+    graph kept)."""
+
+    kind = "cnn_layer"
+    layer: str = "conv2"
+    direction: str = "forward"
+
+    @property
+    def group(self):
+        return f"cnn_layer-{self.layer}-{self.direction}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-{self.layer}-{self.direction}"
+
+    def params(self):
+        kind, chw, o = CNN_LAYERS[self.layer]
+        return {"layer": self.layer, "direction": self.direction, "layer_kind": kind,
+                "batch_size": self.size.cnn_batch, "input": list(chw), "out_channels": o}
+
+    def prepare(self):
+        host = cnn_layer_inputs(self.layer, self.size.cnn_batch)
+        kind = CNN_LAYERS[self.layer][0]
+        need_dX = self.layer != "conv1"
+        if self.impl in TORCH_IMPLS:
+            return self._prepare_torch(host, kind, need_dX)
+        ops = _ops(self.impl)
+        a = {k: ops.asarray(v) for k, v in host.items()}
+        if kind == "conv":
+            def forward():
+                return ops.conv2d_forward(a["X"], a["W"], a["b"], (1, 1), (1, 1), "relu")
+        else:
+            def forward():
+                return ops.maxpool2d_forward(a["X"], (2, 2), (2, 2))
+        if self.direction == "forward":
+            def run():
+                Y = forward()[0]
+                ops.synchronize()
+                return (Y,)
+        else:
+            Y, ctx = forward()
+            if kind == "conv":
+                def run():
+                    r = ops.conv2d_backward(a["dY"], Y, ctx, a["W"], "relu", need_dX=need_dX)
+                    ops.synchronize()
+                    return r
+            else:
+                def run():
+                    r = ops.maxpool2d_backward(a["dY"], ctx)
+                    ops.synchronize()
+                    return (r,)
+        run.inputs = a
+        return Prepared(run, self.info(), self.size.cnn_batch)
+
+    def _prepare_torch(self, host, kind, need_dX):
+        import torch
+        F = torch.nn.functional
+        torch.set_num_threads(torch_threads())
+        device = _torch_device(self.impl)
+        t = {k: torch.from_numpy(v).to(device) for k, v in host.items()}
+        grads = [t["X"]] if need_dX else []
+        if kind == "conv":
+            grads += [t["W"], t["b"]]
+        for g in grads:
+            g.requires_grad_(True)
+
+        def forward():
+            if kind == "conv":
+                return F.relu(F.conv2d(t["X"], t["W"], t["b"], padding=1))
+            return F.max_pool2d(t["X"], 2)
+
+        if self.direction == "forward":
+            def run():
+                Y = forward()
+                _torch_sync(device)
+                return (Y,)
+        else:
+            Y = forward()
+
+            def run():
+                r = torch.autograd.grad(Y, grads, t["dY"], retain_graph=True)
+                _torch_sync(device)
+                return r
+        info = {**self.info(), "threads": torch.get_num_threads()}
+        return Prepared(run, info, self.size.cnn_batch)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CnnStepCase(Case):
+    """One training step of the reference CNN (Adam 1e-3) at ``size.cnn_batch``:
+    forward, loss, backward (no input gradient for the first layer), update."""
+
+    kind = "cnn_step"
+
+    @property
+    def group(self):
+        return f"cnn_step-b{self.size.cnn_batch}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-cnn_step-b{self.size.cnn_batch}"
+
+    def params(self):
+        return {"batch_size": self.size.cnn_batch, "optimizer": "adam", "lr": CNN_LR}
+
+    def prepare(self):
+        X, y, src = make_images(self.size.cnn_batch)
+        info = {**self.info(), "data": src}
+        if self.impl in TORCH_IMPLS:
+            import torch
+            device = _torch_device(self.impl)
+            model = make_torch_cnn(device)
+            opt = torch.optim.Adam(model.parameters(), lr=CNN_LR)
+            loss_fn = torch.nn.CrossEntropyLoss()
+            Xd, yd = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+            info["threads"] = torch.get_num_threads()
+
+            def run():
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(Xd), yd)
+                loss.backward()
+                opt.step()
+                _torch_sync(device)
+                return float(loss.detach())
+            return Prepared(run, info, len(X), model, (Xd, yd))
+        from ..optimizers import Adam
+        from ..training import MatrixStep
+        ops = _ops(self.impl)
+        model = make_cnn(self.impl)
+        step = MatrixStep(model, make_loss())
+        opt = Adam(CNN_LR)
+        Xd, yd = ops.asarray(X), ops.asarray(y)
+
+        def run():
+            loss, _ = step(Xd, yd)
+            opt.step(model)
+            ops.synchronize()
+            return float(ops.to_host(loss))
+        return Prepared(run, info, len(X), model, (Xd, yd))
+
+
+def cnn_gemm_shapes(batch):
+    """The reference CNN step's 11 products ``(a, b)``, as the Numba backend runs
+    them (a conv's columns are (C*kh*kw, B*Ho*Wo)): (name, a shape, b shape,
+    whether a and b are transposed views)."""
+    p1, p2 = batch * 28 * 28, batch * 14 * 14
+    return [("conv1", (32, 9), (9, p1), ""), ("conv1.dW", (32, p1), (p1, 9), "b"),
+            ("conv2", (64, 288), (288, p2), ""), ("conv2.dW", (64, p2), (p2, 288), "b"),
+            ("conv2.dX", (288, 64), (64, p2), "a"),
+            ("dense1", (batch, 3136), (3136, 128), ""), ("dense1.dW", (3136, batch), (batch, 128), "a"),
+            ("dense1.dX", (batch, 128), (128, 3136), "b"),
+            ("dense2", (batch, 128), (128, 10), ""), ("dense2.dW", (128, batch), (batch, 10), "a"),
+            ("dense2.dX", (batch, 10), (10, 128), "b")]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CnnFloorCase(Case):
+    """The reference CNN step's 11 matrix products alone (``cnn_gemm_shapes``),
+    through the implementation's matmul into preallocated outputs."""
+
+    kind = "cnn_floor"
+
+    @property
+    def group(self):
+        return f"cnn_step-b{self.size.cnn_batch}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-cnn_gemm_floor-b{self.size.cnn_batch}"
+
+    def params(self):
+        return {"batch_size": self.size.cnn_batch, "gemms_per_step": 11}
+
+    def prepare(self):
+        rng = numpy.random.default_rng(0)
+        if self.impl in TORCH_IMPLS:
+            import torch
+            torch.set_num_threads(torch_threads())
+            device = _torch_device(self.impl)
+
+            def conv(a):
+                return torch.from_numpy(a).to(device)
+
+            def mm(a, b, out):
+                return torch.matmul(a, b, out=out)
+
+            def empty(shape):
+                return torch.empty(shape, device=device)
+
+            def sync():
+                _torch_sync(device)
+        else:
+            ops = _ops(self.impl)
+            conv, mm, sync = ops.asarray, ops.matmul, ops.synchronize
+
+            def empty(shape):
+                return ops.empty(shape)
+        products = []
+        for _, sa, sb, trans in cnn_gemm_shapes(self.size.cnn_batch):
+            a = conv(rng.standard_normal(sa[::-1] if "a" in trans else sa).astype(numpy.float32))
+            b = conv(rng.standard_normal(sb[::-1] if "b" in trans else sb).astype(numpy.float32))
+            products.append((a.T if "a" in trans else a, b.T if "b" in trans else b,
+                             empty((sa[0], sb[1]))))
+
+        def run():
+            for a, b, out in products:
+                mm(a, b, out)
+            sync()
+            return products
+        return Prepared(run, self.info(), self.size.cnn_batch)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CnnTrainCase(Case):
+    """Group 1's question for the CNN: one pass of ``fit`` over ``size.cnn_slice``
+    images, per sample or as a mini-batch, SGD(0.01)."""
+
+    kind = "cnn_train"
+    mode: str = "minibatch"
+    batch_size: int = 32
+
+    @property
+    def group(self):
+        return f"cnn_per_sample_vs_minibatch-b{self.batch_size}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-cnn-{self.mode}-b{self.batch_size}"
+
+    def params(self):
+        return {"mode": self.mode, "batch_size": self.batch_size, "optimizer": "sgd",
+                "lr": TRAIN_LR}
+
+    def prepare(self):
+        ops = _ops(self.impl)
+        X, y, src = make_images(self.size.cnn_slice)
+        model = make_cnn(self.impl)
+        Xd, yd = ops.asarray(X), ops.asarray(y)
+        loss, opt = make_loss(), make_optimizer("sgd", TRAIN_LR)
+
+        def run():
+            hist = model.fit(Xd, yd, loss=loss, optimizer=opt, epochs=1,
+                             batch_size=self.batch_size, mode=self.mode)
+            ops.synchronize()
+            return hist
+        return Prepared(run, {**self.info(), "data": src}, len(X), model, (Xd, yd))
+
+
+def cnn_layer_cases(size):
+    size = get_size(size)
+    return [CnnLayerCase(impl, size, layer=layer, direction=d) for layer in CNN_LAYERS
+            for d in ("forward", "backward") for impl in [*backend_names(), *TORCH_IMPLS]]
+
+
+def cnn_step_cases(size):
+    size = get_size(size)
+    impls = [*backend_names(), *TORCH_IMPLS]
+    return ([CnnStepCase(impl, size) for impl in impls]
+            + [CnnFloorCase(impl, size) for impl in impls])
+
+
+def cnn_train_cases(size):
+    size = get_size(size)
+    return [CnnTrainCase(b, size, mode=m, batch_size=bs) for b in backend_names()
+            for bs in size.cnn_batch_sizes for m in ("per_sample", "minibatch")]
+
+
 # -------------------------------------------------------------------- registry
 def training_cases(size):
     size = get_size(size)
@@ -855,6 +1204,9 @@ REGISTRY = {
     "epoch": epoch_cases,
     "inference": inference_cases,
     "compile": compile_cases,
+    "cnn_layer": cnn_layer_cases,
+    "cnn_step": cnn_step_cases,
+    "cnn_train": cnn_train_cases,
 }
 
 
