@@ -204,6 +204,12 @@ class Adam(Optimizer):
     def betas(self):
         return (self.beta1, self.beta2)
 
+    def divergence_hint(self):
+        hint = super().divergence_hint()
+        if self.eps < 1e-12:
+            hint += f", or raise eps (now {self.eps:g}: tiny second moments blow the step up)"
+        return hint
+
     def _update(self, ops, param, grad, state, weight_decay):
         ops.adam_update(param, grad, state["m"], state["v"], self.steps, self.lr, self.beta1,
                         self.beta2, self.eps, weight_decay)
