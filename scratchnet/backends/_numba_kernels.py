@@ -616,6 +616,17 @@ def _fill(a, value):
 
 
 @jit
+def _zero_columns(a, Wo, r0, r1, lo, hi):
+    """a[r*Wo + q] = 0 for the rows r0 <= r < r1 and the columns q < lo or q >= hi."""
+    zero = a.dtype.type(0)
+    for r in range(r0, r1):
+        for q in range(lo):
+            a[r * Wo + q] = zero
+        for q in range(hi, Wo):
+            a[r * Wo + q] = zero
+
+
+@jit
 def im2col(X, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, S, cols, m0):
     """cols[(c*kh + i)*kw + j, m0 + s*P + oh*Wo + ow] = X[n0 + s, c, oh*sh - ph + i, ow*sw - pw + j]
     for the S samples n0 .. n0+S-1, 0 where that falls outside X. X: (N, C, H, W);
@@ -658,9 +669,7 @@ def im2col(X, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, S, cols, m0):
                         for q in range(n):
                             d[q] = src[q]
                         if lo > 0 or hi < Wo:
-                            for oh in range(rlo, r1):
-                                _fill(dst[oh * Wo:oh * Wo + lo], zero)
-                                _fill(dst[oh * Wo + hi:oh * Wo + Wo], zero)
+                            _zero_columns(dst, Wo, rlo, r1, lo, hi)
                     else:
                         for oh in range(rlo, r1):
                             _fill(dst[oh * Wo:oh * Wo + lo], zero)
@@ -706,9 +715,7 @@ def col2im(dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, n0, S, dX):
                     x0 = ((n0 + s) * C + c) * HW
                     if one_run:
                         if lo > 0 or hi < Wo:
-                            for oh in range(rlo, rhi):
-                                _fill(src[oh * Wo:oh * Wo + lo], zero)
-                                _fill(src[oh * Wo + hi:oh * Wo + Wo], zero)
+                            _zero_columns(src, Wo, rlo, rhi, lo, hi)
                         a = rlo * Wo + lo
                         n = (rhi - 1) * Wo + hi - a
                         sr = src[a:a + n]
