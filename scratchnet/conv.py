@@ -21,7 +21,8 @@ import numpy
 
 from ._validate import check_number, check_positive_int
 from .init import get_initializer, initial_weights
-from .layers import Activation, Layer, _activation_spec, _shape_str, register_layer
+from .layers import (Activation, BatchStatistics, Layer, _activation_spec, _shape_str,
+                     register_layer)
 
 __all__ = ["Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D"]
 
@@ -289,7 +290,7 @@ class GlobalAvgPool2D(Layer):
 
 
 @register_layer
-class BatchNorm2D(Layer):
+class BatchNorm2D(BatchStatistics):
     """Batch normalisation of (N, C, H, W) images, per channel over (N, H, W).
 
     Training: normalise with the batch's mean and (biased) variance of each
@@ -299,25 +300,10 @@ class BatchNorm2D(Layer):
     running statistics.
     """
 
-    param_names = ("gamma", "beta")
-    buffer_names = ("running_mean", "running_var")
-    uses_batch_statistics = True    # no per-sample training
+    size_name = "channels"
 
     def __init__(self, channels, eps=1e-5, momentum=0.1):
-        super().__init__()
-        self.channels = check_positive_int(channels, "BatchNorm2D channels")
-        self.eps = check_number(eps, "BatchNorm2D eps", low=0.0, low_open=True)
-        self.momentum = check_number(momentum, "BatchNorm2D momentum", low=0.0, high=1.0)
-        self._init_params(None)
-
-    def _init_params(self, rng):
-        ops, dt, c = self.ops, self.dtype, self.channels
-        self.gamma = ops.asarray(numpy.ones(c, dt))
-        self.beta = ops.zeros((c,), dt)
-        self.dgamma = ops.zeros((c,), dt)
-        self.dbeta = ops.zeros((c,), dt)
-        self.running_mean = ops.zeros((c,), dt)
-        self.running_var = ops.asarray(numpy.ones(c, dt))
+        super().__init__(channels, eps, momentum)
 
     def output_shape(self, input_shape):
         c, _, _ = _image_shape(self, input_shape)
@@ -325,16 +311,6 @@ class BatchNorm2D(Layer):
             raise ValueError(f"{self.name} normalises {self.channels} channel(s) but gets {c} "
                              f"(input {_shape_str(input_shape)})")
         return tuple(input_shape)
-
-    @classmethod
-    def state_shapes(cls, config):
-        c = config.get("channels")
-        if isinstance(c, bool) or not isinstance(c, int):
-            return None
-        return {name: (c,) for name in cls.param_names + cls.buffer_names}
-
-    def get_config(self):
-        return {"channels": self.channels, "eps": self.eps, "momentum": self.momentum}
 
     def forward(self, X, training=False):
         X = self._as_input(X)
@@ -350,11 +326,7 @@ class BatchNorm2D(Layer):
         Y, xhat, mean, var, inv_std = self.ops.batchnorm2d_forward(X, self.gamma, self.beta,
                                                                    self.eps)
         self._push((True, xhat, inv_std))
-        m = self.momentum
-        self.running_mean *= 1 - m
-        self.running_mean += m * mean
-        self.running_var *= 1 - m
-        self.running_var += (m * n / (n - 1)) * var
+        self._update_running(mean, var, n)
         return Y
 
     def backward(self, dY):

@@ -513,8 +513,58 @@ class Dropout(Layer):
         return dY if mask is None else self.ops.dropout_backward(dY, mask)
 
 
+class BatchStatistics(Layer):
+    """What BatchNorm and BatchNorm2D share: ``gamma``/``beta`` per feature (or
+    channel), the running statistics for evaluation, and PyTorch's update of
+    them (``momentum``; the running variance is the unbiased one)."""
+
+    param_names = ("gamma", "beta")
+    buffer_names = ("running_mean", "running_var")
+    uses_batch_statistics = True    # no per-sample training; batches of 2 rows or more
+    size_name = "n"                 # the constructor argument that gives the size
+
+    def __init__(self, size, eps=1e-5, momentum=0.1):
+        super().__init__()
+        cls = type(self).__name__
+        setattr(self, self.size_name, check_positive_int(size, f"{cls} {self.size_name}"))
+        self.eps = check_number(eps, f"{cls} eps", low=0.0, low_open=True)
+        self.momentum = check_number(momentum, f"{cls} momentum", low=0.0, high=1.0)
+        self._init_params(None)
+
+    @property
+    def size(self):
+        return getattr(self, self.size_name)
+
+    def _init_params(self, rng):
+        ops, dt, n = self.ops, self.dtype, self.size
+        self.gamma = ops.asarray(numpy.ones(n, dt))
+        self.beta = ops.zeros((n,), dt)
+        self.dgamma = ops.zeros((n,), dt)
+        self.dbeta = ops.zeros((n,), dt)
+        self.running_mean = ops.zeros((n,), dt)
+        self.running_var = ops.asarray(numpy.ones(n, dt))
+
+    @classmethod
+    def state_shapes(cls, config):
+        n = config.get(cls.size_name)
+        if not _is_int(n):
+            return None
+        return {name: (n,) for name in cls.param_names + cls.buffer_names}
+
+    def get_config(self):
+        return {self.size_name: self.size, "eps": self.eps, "momentum": self.momentum}
+
+    def _update_running(self, mean, var, n):
+        """Running statistics after a training batch of ``n`` values per feature."""
+        m = self.momentum
+        self.running_mean *= 1 - m
+        self.running_mean += m * mean
+        self.running_var *= 1 - m
+        self.running_var += (m * n / (n - 1)) * var
+
+
 @register_layer
-class BatchNorm(Layer):
+class BatchNorm(BatchStatistics):
     """Batch normalisation over the rows of (N, n) inputs.
 
     Training: normalise with the batch's mean and (biased) variance, then
@@ -523,25 +573,8 @@ class BatchNorm(Layer):
     Evaluation: normalise with the running statistics.
     """
 
-    param_names = ("gamma", "beta")
-    buffer_names = ("running_mean", "running_var")
-    uses_batch_statistics = True    # no per-sample training; batches of 2 rows or more
-
     def __init__(self, n, eps=1e-5, momentum=0.1):
-        super().__init__()
-        self.n = check_positive_int(n, "BatchNorm n")
-        self.eps = check_number(eps, "BatchNorm eps", low=0.0, low_open=True)
-        self.momentum = check_number(momentum, "BatchNorm momentum", low=0.0, high=1.0)
-        self._init_params(None)
-
-    def _init_params(self, rng):
-        ops, dt, n = self.ops, self.dtype, self.n
-        self.gamma = ops.asarray(numpy.ones(n, dt))
-        self.beta = ops.zeros((n,), dt)
-        self.dgamma = ops.zeros((n,), dt)
-        self.dbeta = ops.zeros((n,), dt)
-        self.running_mean = ops.zeros((n,), dt)
-        self.running_var = ops.asarray(numpy.ones(n, dt))
+        super().__init__(n, eps, momentum)
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.n,):
@@ -552,16 +585,6 @@ class BatchNorm(Layer):
 
     def input_shape(self):
         return (self.n,)
-
-    @classmethod
-    def state_shapes(cls, config):
-        n = config.get("n")
-        if not _is_int(n):
-            return None
-        return {name: (n,) for name in cls.param_names + cls.buffer_names}
-
-    def get_config(self):
-        return {"n": self.n, "eps": self.eps, "momentum": self.momentum}
 
     def forward(self, X, training=False):
         X = self._as_input(X)
@@ -576,11 +599,7 @@ class BatchNorm(Layer):
                              f"(batch statistics), got {n}")
         Y, xhat, mean, var, inv_std = self.ops.batchnorm_forward(X, self.gamma, self.beta, self.eps)
         self._push((True, xhat, inv_std))
-        m = self.momentum
-        self.running_mean *= 1 - m
-        self.running_mean += m * mean
-        self.running_var *= 1 - m
-        self.running_var += (m * n / (n - 1)) * var
+        self._update_running(mean, var, n)
         return Y
 
     def backward(self, dY):
