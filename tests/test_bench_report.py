@@ -278,3 +278,35 @@ def test_relative_report_dir_is_the_callers(monkeypatch, tmp_path, capsys):
     assert bench_run.main(["--quick", "--report", "out"]) == 0
     assert seen["json"] == tmp_path / "out" / "benchmarks.json"
     assert (tmp_path / "out" / "report.md").exists()
+
+
+def test_cnn_section_from_its_cases():
+    """The reference CNN's cases make their own section: the step against PyTorch
+    and the GEMM floor, each layer against PyTorch, per-sample vs mini-batch."""
+    def b(median, **info):
+        return {"name": "x", "group": "g", "extra_info": info,
+                "stats": {"median": median, "min": median, "max": median, "rounds": 3}}
+    raw = {"benchmarks": [
+        b(0.040, kind="cnn_step", impl="numba", batch_size=128),
+        b(0.080, kind="cnn_step", impl="torch-cpu", batch_size=128),
+        b(0.020, kind="cnn_floor", impl="numba", batch_size=128),
+        b(0.002, kind="cnn_layer", impl="numba", layer="conv2", direction="forward"),
+        b(0.008, kind="cnn_layer", impl="torch-cpu", layer="conv2", direction="forward"),
+        b(0.001, kind="cnn_layer", impl="numba", layer="pool1", direction="backward"),
+        b(2.0, kind="cnn_train", impl="numba", mode="per_sample", batch_size=32, samples=512),
+        b(0.5, kind="cnn_train", impl="numba", mode="minibatch", batch_size=32, samples=512),
+    ]}
+    md = report.render_markdown(raw)
+    assert "## 6. The reference CNN" in md
+    steps = tables_after(md, "### One training step")
+    numba = next(r for r in steps if r["implementation"] == "numba")
+    close(numba["÷ PyTorch CPU"], 0.5)
+    close(numba["× GEMM floor"], 2.0)
+    layers = tables_after(md, "### Each layer")
+    assert [(r["layer"], r["direction"], r["implementation"]) for r in layers] == [
+        ("pool1", "backward", "numba"), ("conv2", "forward", "numba"),
+        ("conv2", "forward", "PyTorch CPU")]
+    close(layers[1]["÷ PyTorch CPU"], 0.25)
+    ps = tables_after(md, "### Per-sample vs mini-batch")
+    close(ps[0]["mini-batch speed-up"], 4.0)
+    assert "## 1. Per-sample" not in md          # the MLP's table stays empty

@@ -259,11 +259,12 @@ def _ratio(a, b):
 
 
 # --------------------------------------------------------------------- tables
-def per_sample_table(results):
-    """Rows (backend, batch, per-sample median, sps, mini-batch median, sps, speed-up)."""
+def per_sample_table(results, kind="train"):
+    """Rows (backend, batch, per-sample median, sps, mini-batch median, sps, speed-up)
+    of the cases of ``kind`` ("train": the MLP; "cnn_train": the reference CNN)."""
     train = {}
     for r in results:
-        if r.kind == "train":
+        if r.kind == kind:
             train[(r.impl, r.info.get("batch_size"), r.info.get("mode"))] = r
     rows = []
     keys = sorted({(i, b) for i, b, _ in train}, key=lambda k: (_impl_order(k[0]), k[1]))
@@ -348,6 +349,33 @@ def compile_table(results):
              "compile_s": r.info.get("compile_s"), "cached_s": r.info.get("cached_compile_s"),
              "import_s": r.info.get("import_s")}
             for r in sorted(results, key=lambda r: _impl_order(r.impl)) if r.kind == "compile"]
+
+
+def cnn_tables(results):
+    """``(step_rows, layer_rows)`` of the reference CNN's cases: each
+    implementation's training step against PyTorch CPU's and against its own
+    GEMM floor; each layer and direction against PyTorch CPU's."""
+    steps = {r.impl: r for r in results if r.kind == "cnn_step"}
+    floors = {r.impl: r for r in results if r.kind == "cnn_floor"}
+    torch_step = steps.get(TORCH_CPU)
+    step_rows = [{"impl": impl, "batch": r.info.get("batch_size"), "median": r.median,
+                  "floor": floors[impl].median if impl in floors else None,
+                  "vs_torch": _ratio(r.median, torch_step.median if torch_step else None),
+                  "vs_floor": _ratio(r.median, floors[impl].median if impl in floors else None)}
+                 for impl, r in sorted(steps.items(), key=lambda kv: _impl_order(kv[0]))]
+    layers = {(r.info.get("layer"), r.info.get("direction"), r.impl): r
+              for r in results if r.kind == "cnn_layer"}
+    order = ("conv1", "pool1", "conv2", "pool2")
+    layer_rows = []
+    for layer, direction, impl in sorted(
+            layers, key=lambda k: (order.index(k[0]) if k[0] in order else len(order),
+                                   k[1] != "forward", _impl_order(k[2]))):
+        r = layers[(layer, direction, impl)]
+        ref = layers.get((layer, direction, TORCH_CPU))
+        layer_rows.append({"layer": layer, "direction": direction, "impl": impl,
+                           "median": r.median,
+                           "vs_torch": _ratio(r.median, ref.median if ref else None)})
+    return step_rows, layer_rows
 
 
 # ------------------------------------------------------------------- markdown
@@ -566,6 +594,41 @@ def render_markdown(raw, plots=None, plot_note=None):
                            [(r["backend"], f"`{r['method']}()`", fmt_time(r["compile_s"]),
                              fmt_time(r["cached_s"]), fmt_time(r["import_s"]))
                             for r in comp]), ""]
+    steps, layers = cnn_tables(results)
+    cnn_ps = per_sample_table(results, kind="cnn_train")
+    if steps or layers or cnn_ps:
+        lines += ["## 6. The reference CNN", "",
+                  "Conv2D(1, 32, 3, padding=1) + ReLU, MaxPool2D(2), Conv2D(32, 64, 3, "
+                  "padding=1) + ReLU, MaxPool2D(2), Flatten, Dense(3136, 128) + ReLU, "
+                  "Dense(128, 10) on 28x28 images, float32; PyTorch eager runs the same "
+                  "network.", ""]
+    if steps:
+        lines += ["### One training step (Adam)", "",
+                  "× GEMM floor = step time ÷ the same implementation's time for the step's "
+                  "11 matrix products alone.", "",
+                  md_table(["implementation", "batch size", "step median", "÷ PyTorch CPU",
+                            "GEMM floor", "× GEMM floor"],
+                           [(_impl_name(r["impl"]), r["batch"], fmt_time(r["median"]),
+                             fmt_ratio(r["vs_torch"]), fmt_time(r["floor"]),
+                             fmt_ratio(r["vs_floor"], "×")) for r in steps]), ""]
+    if layers:
+        lines += ["### Each layer, forward and backward", "",
+                  "A conv includes its fused ReLU; its backward gives dW, db and dX (no dX "
+                  "for conv1, the first layer); a pool is 2x2 max pooling. The backward is "
+                  "timed alone, from one forward.", "",
+                  md_table(["layer", "direction", "implementation", "median", "÷ PyTorch CPU"],
+                           [(r["layer"], r["direction"], _impl_name(r["impl"]),
+                             fmt_time(r["median"]), fmt_ratio(r["vs_torch"]))
+                            for r in layers]), ""]
+    if cnn_ps:
+        lines += ["### Per-sample vs mini-batch backprop", "",
+                  md_table(["backend", "batch size", "per-sample median", "per-sample samples/s",
+                            "mini-batch median", "mini-batch samples/s",
+                            "mini-batch speed-up"],
+                           [(r["backend"], r["batch"], fmt_time(r["ps_median"]),
+                             fmt_rate(r["ps_sps"]), fmt_time(r["mb_median"]),
+                             fmt_rate(r["mb_sps"]), fmt_ratio(r["speedup"], "×"))
+                            for r in cnn_ps]), ""]
     if plots:
         lines += ["## Plots", ""]
         for p in plots:
