@@ -21,6 +21,7 @@ from .backends import (BackendUnavailableError, available_backends, get_backend,
 from .gradcheck import GradCheckResult, gradcheck
 from . import training
 from .conv import AvgPool2D, BatchNorm2D, Conv2D, GlobalAvgPool2D, MaxPool2D
+from .recurrent import GRU, LSTM, RNN, Embedding
 from .layers import (Activation, BatchNorm, Dense, Dropout, Flatten, Layer, LeakyReLU, ReLU,
                      Residual, Sigmoid, Softmax, Tanh, register_layer)
 from .losses import (MSE, BCEWithLogits, BinaryCrossEntropy, BinaryCrossEntropyWithLogits,
@@ -34,6 +35,7 @@ __all__ = [
     "Layer", "Dense", "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
     "Dropout", "BatchNorm", "Residual", "Flatten", "register_layer",
     "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
+    "RNN", "LSTM", "GRU", "Embedding",
     "Loss", "SoftmaxCrossEntropy", "CrossEntropy", "BinaryCrossEntropy",
     "BinaryCrossEntropyWithLogits", "BCEWithLogits", "MSE",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get_optimizer",

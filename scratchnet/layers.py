@@ -268,7 +268,10 @@ class Dense(Layer):
     """Fully connected layer: ``Y = f(X @ W + b)``.
 
     n_in, n_out: feature counts; W is (n_in, n_out), b is (n_out,); input
-    (N, n_in), output (N, n_out).
+    (N, n_in), output (N, n_out). Like ``torch.nn.Linear`` it applies to the
+    last axis of any input: (N, ..., n_in) -> (N, ..., n_out), e.g. every time
+    step of a sequence (N, T, n_in) at once (the leading axes are folded into
+    the rows of one matrix product).
     init: weight initialiser name (see ``scratchnet.init``); default
     ``"xavier"`` (Glorot uniform), a safe choice for any activation; use
     ``"he"`` before ReLU. Biases start at zero. ``bias=False`` drops b.
@@ -300,17 +303,20 @@ class Dense(Layer):
             self.db = ops.zeros((self.n_out,), dt)
 
     def output_shape(self, input_shape):
-        if tuple(input_shape) != (self.n_in,):
+        input_shape = tuple(input_shape)
+        if not input_shape or input_shape[-1] != self.n_in:
             got = input_shape[0] if len(input_shape) == 1 else _shape_str(input_shape)
-            hint = " (add a Flatten() before it)" if len(input_shape) > 1 else ""
-            raise ValueError(f"{self.name} expects {self.n_in} input features but the layer "
-                             f"before it gives {got}{hint}")
-        return (self.n_out,)
+            hint = " (add a Flatten() before it)" if len(input_shape) > 1 and \
+                math.prod(input_shape) == self.n_in else ""
+            axis = " on the last axis" if len(input_shape) > 1 else ""
+            raise ValueError(f"{self.name} expects {self.n_in} input features{axis} but the "
+                             f"layer before it gives {got}{hint}")
+        return (*input_shape[:-1], self.n_out)
 
     def _check_input(self, X):
-        if X.ndim != 2 or X.shape[1] != self.n_in:
+        if X.ndim < 2 or X.shape[-1] != self.n_in:
             raise ValueError(f"{self.name} ({self.n_in}->{self.n_out}) expected input of shape "
-                             f"(N, {self.n_in}), got {tuple(X.shape)}")
+                             f"(N, {self.n_in}) or (N, ..., {self.n_in}), got {tuple(X.shape)}")
 
     def input_shape(self):
         return (self.n_in,)
@@ -336,7 +342,7 @@ class Dense(Layer):
         return self._act is None and isinstance(nxt, Activation)
 
     def forward(self, X, training=False):
-        """X: (N, n_in) -> (N, n_out)."""
+        """X: (N, n_in) -> (N, n_out); (N, ..., n_in) -> (N, ..., n_out)."""
         return self.forward_fused(X, training, None)
 
     def forward_fused(self, X, training, act):
@@ -345,21 +351,28 @@ class Dense(Layer):
         X = self._as_input(X)
         spec = self._act if act is None else (act.kind, act.alpha)
         kind, alpha = spec if spec is not None else ("identity", 0.0)
+        lead = tuple(X.shape[:-1])
+        if X.ndim > 2:       # (N, ..., n_in) as the rows of one product
+            X = self.ops.xp.ascontiguousarray(X).reshape(-1, self.n_in)
         Z = self.ops.matmul(X, self.W, out=self._buffer("Z", (X.shape[0], self.n_out)))
         Y = self.ops.bias_act(Z, self.b, kind, alpha, out=Z)
-        self._push((X, Y, kind, alpha))
+        self._push((X, Y, kind, alpha, lead))
+        Y = Y.reshape(*lead, self.n_out)
         if act is not None:
             act.Y = Y
         return Y
 
     def backward(self, dY, need_input_grad=True):
-        """dY: (N, n_out) -> dX (N, n_in), or None when ``need_input_grad`` is
-        False (a model's first layer in training)."""
+        """dY: (N, n_out) -> dX (N, n_in) (or (N, ..., n_out) -> (N, ..., n_in)),
+        or None when ``need_input_grad`` is False (a model's first layer in
+        training)."""
         ops = self.ops
-        X, Y, kind, alpha = self._pop()
-        if dY.shape != Y.shape:
+        X, Y, kind, alpha, lead = self._pop()
+        if tuple(dY.shape) != (*lead, self.n_out):
             raise ValueError(f"{self.name}: dY has shape {tuple(dY.shape)}, the forward output "
-                             f"had shape {tuple(Y.shape)}")
+                             f"had shape {(*lead, self.n_out)}")
+        if dY.ndim > 2:
+            dY = ops.xp.ascontiguousarray(dY).reshape(-1, self.n_out)
         dZ, db = ops.act_backward_bias(dY, Y, kind, alpha, out=self._buffer("dZ", dY.shape))
         dW = ops.matmul(X.T, dZ, out=self._grad_out("W"))
         self._store_grad("W", dW)
@@ -368,7 +381,8 @@ class Dense(Layer):
         self._done_backward()
         if not need_input_grad:
             return None
-        return ops.matmul(dZ, self.W.T, out=self._buffer("dX", X.shape))
+        dX = ops.matmul(dZ, self.W.T, out=self._buffer("dX", X.shape))
+        return dX if len(lead) == 1 else dX.reshape(*lead, self.n_in)
 
 
 class Activation(Layer):

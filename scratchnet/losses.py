@@ -9,6 +9,7 @@ loss                       ``out`` (model output)      ``y``
 =========================  ==========================  ==========================
 ``SoftmaxCrossEntropy``    logits (N, C)               int labels (N,) or (N, C)
                                                        one-hot / probabilities
+                           sequences (N, T, C)         int labels (N, T)
 ``CrossEntropy``           probabilities (N, C)        same as above
 ``BinaryCrossEntropy``     probabilities (N, M)        0/1 (or soft) targets,
                                                        same shape ((N,) if M=1)
@@ -27,7 +28,8 @@ from __future__ import annotations
 
 import numpy
 
-from ._validate import check_labels, check_number, check_targets
+from ._compat import is_cupy_array
+from ._validate import as_host_numeric, check_labels, check_number, check_targets
 
 
 class Loss:
@@ -65,7 +67,14 @@ class Loss:
         raise NotImplementedError
 
     def count_correct(self, out, y, ops):
-        """Correct predictions in the batch, as a 0-d backend array."""
+        """Correct predictions in the batch, as a 0-d backend array; for
+        sequences (N, T, C) the correct steps / T, so that the count over the
+        data divided by N is the per-step accuracy."""
+        if out.ndim == 3 and y.ndim == 2:
+            n, steps, classes = out.shape
+            hits = ops.count_correct(ops.xp.ascontiguousarray(out).reshape(n * steps, classes),
+                                     y.reshape(-1))
+            return hits / steps
         if y.ndim == 1:
             return ops.count_correct(out, y)
         return ops.count_correct(out, y.argmax(axis=1))
@@ -89,14 +98,33 @@ def _ops_of(out):
 class _ClassTargets(Loss):
     """Targets are integer labels (N,) or a (N, C) target distribution."""
 
+    #: Whether (N, T, C) outputs with (N, T) labels are taken (one class per step).
+    takes_sequences = False
+
     def prepare_targets(self, y, out_shape, ops, dtype):
+        if len(out_shape) == 3 and self.takes_sequences:
+            return ops.asarray(_sequence_labels(y, out_shape))
         if len(out_shape) != 2:
-            raise ValueError(f"{type(self).__name__} expects model output of shape (N, C), got "
-                             f"{tuple(out_shape)}")
+            seq = " or (N, T, C)" if self.takes_sequences else ""
+            raise ValueError(f"{type(self).__name__} expects model output of shape (N, C){seq}, "
+                             f"got {tuple(out_shape)}")
         if getattr(y, "ndim", None) == 2 or (not hasattr(y, "ndim") and _is_nested(y)):
             t = check_targets(y, out_shape, "y")
             return ops.asarray(t, dtype=dtype)
         return ops.asarray(check_labels(y, out_shape[0], out_shape[1]))
+
+
+def _sequence_labels(y, out_shape):
+    """Integer labels (N, T) for sequence logits (N, T, C): an int64 host array."""
+    n, steps, classes = out_shape
+    arr = as_host_numeric(y, "y")
+    if is_cupy_array(arr):
+        arr = arr.get()
+    if tuple(arr.shape) != (n, steps):
+        raise ValueError(f"y must hold one integer label per time step, shape (N, T) = "
+                         f"{(n, steps)} for model output (N, T, C) = {tuple(out_shape)}, got "
+                         f"shape {tuple(arr.shape)}")
+    return check_labels(arr.reshape(-1), n * steps, classes).reshape(n, steps)
 
 
 def _is_nested(y):
@@ -108,9 +136,22 @@ class SoftmaxCrossEntropy(_ClassTargets):
 
     The gradient is (softmax(z) - onehot(y)) / N: the softmax Jacobian
     cancels, which is both faster and stabler than Softmax + CrossEntropy.
+
+    Sequences: logits (N, T, C) with integer labels (N, T) are N*T
+    predictions; the loss is the mean over all N*T of them (as PyTorch's
+    ``cross_entropy`` on the logits permuted to (N, C, T)), and accuracy counts
+    per step.
     """
 
+    takes_sequences = True
+
     def _compute(self, out, y, ops):
+        if out.ndim == 3:
+            n, steps, classes = out.shape
+            loss, grad = ops.softmax_cross_entropy(
+                ops.xp.ascontiguousarray(out).reshape(n * steps, classes), y.reshape(-1))
+            self._grad = grad.reshape(out.shape)
+            return loss
         if y.ndim == 1:
             loss, self._grad = ops.softmax_cross_entropy(out, y)
             return loss

@@ -91,6 +91,9 @@ class Sequential:
         self.optimizer = None
         self._trainer = None
         self._layout = None
+        #: Whatever the user keeps with the model (JSON-able: a character
+        #: vocabulary, the data set's name...); saved and loaded with it.
+        self.metadata = {}
         self._pack()
 
     # -- structure ----------------------------------------------------------
@@ -235,7 +238,9 @@ class Sequential:
     def _input(self, X, name="X"):
         """Validate X (N, *sample_shape) against the layers and convert it to
         this model's backend and dtype; NaN/inf, also from overflow in the
-        cast, are refused naming ``name``."""
+        cast, are refused naming ``name``. A first layer with an
+        ``input_dtype`` (``Embedding``: "int64") gets X as that integer dtype,
+        whole numbers only, instead."""
         check_backend_of(X, self.ops, name)
         arr = as_host_numeric(X, name)
         if arr.ndim < 2:
@@ -246,15 +251,16 @@ class Sequential:
         if arr.shape[0] == 0:
             raise ValueError(f"{name} is empty: shape {tuple(arr.shape)}")
         expected = self.input_shape
-        if expected is not None and tuple(arr.shape[1:]) != tuple(expected):
+        if expected is not None and tuple(arr.shape[1:]) != tuple(expected) and \
+                not self._fits(arr.shape[1:]):     # Dense also takes (N, ..., features)
             if len(expected) == 1 and arr.ndim == 2:
                 raise ValueError(f"{name} has {arr.shape[1]} features per sample but the model "
                                  f"expects {expected[0]}: expected shape {_shape_str(expected)}, "
                                  f"got {tuple(arr.shape)}")
             if len(expected) == 1:
-                raise ValueError(f"{name} must be 2-D with shape {_shape_str(expected)}, got "
-                                 f"shape {tuple(arr.shape)} (add sn.Flatten() as the first "
-                                 f"layer for image-shaped input)")
+                raise ValueError(f"{name} must be 2-D with shape {_shape_str(expected)} (or "
+                                 f"(N, ..., {expected[0]})), got shape {tuple(arr.shape)} (add "
+                                 f"sn.Flatten() as the first layer for image-shaped input)")
             raise ValueError(f"{name} has per-sample shape {tuple(arr.shape[1:])} but the model "
                              f"expects {tuple(expected)}: expected shape {_shape_str(expected)}, "
                              f"got {tuple(arr.shape)}")
@@ -263,6 +269,11 @@ class Sequential:
         except ValueError as err:
             raise ValueError(f"{name} of shape {tuple(arr.shape)} does not fit the model: "
                              f"{err}") from None
+        input_dtype = getattr(self.layers[0], "input_dtype", None)
+        if input_dtype is not None:     # integer ids (Embedding): never through a float
+            from .recurrent import as_integer_ids
+            host = self.ops.to_host(arr) if not isinstance(arr, numpy.ndarray) else arr
+            return self.ops.asarray(as_integer_ids(host, name), dtype=input_dtype)
         with numpy.errstate(over="ignore"):      # overflow is reported below, naming X
             out = self.ops.asarray(arr, dtype=self.dtype)
         if not _all_finite(out, self.ops):
@@ -275,6 +286,13 @@ class Sequential:
                 "; clean the data first"
             raise ValueError(f"{name} contains {bad} NaN or infinite value(s){why}")
         return out
+
+    def _fits(self, sample_shape):
+        try:
+            self._output_shape(sample_shape)
+        except ValueError:
+            return False
+        return True
 
     def _set_pass(self, flag):
         for layer in self._unique:
@@ -335,8 +353,9 @@ class Sequential:
         return numpy.concatenate(outs) if len(outs) > 1 else numpy.array(outs[0])
 
     def predict_classes(self, X, batch_size=1024):
-        """Predicted class per row (argmax of the outputs), int64 (N,)."""
-        return self.predict(X, batch_size).argmax(axis=1)
+        """Predicted class per row (argmax of the outputs), int64 (N,); per
+        step (N, T) for sequence outputs (N, T, C)."""
+        return self.predict(X, batch_size).argmax(axis=-1)
 
     def _targets(self, loss, y, X, name="y"):
         out_shape = (X.shape[0], *self._output_shape(X.shape[1:]))
@@ -538,7 +557,7 @@ class Sequential:
         host arrays (parameters, buffers, optimizer state). ``from_state``
         turns it back into a model; ``io`` writes it to a file."""
         config = {**self.get_config(), "backend": self.ops.name, "optimizer": None,
-                  "rng": self._rng_states()}
+                  "rng": self._rng_states(), "metadata": _json_metadata(self.metadata)}
         arrays = self.state_arrays()
         opt = self.optimizer
         if opt is not None:
@@ -565,6 +584,7 @@ class Sequential:
         opt_arrays = {k: arrays.pop(k) for k in list(arrays) if k.startswith("opt:")}
         model.load_state_arrays(arrays, source=source)
         model._restore_rng_states(config.get("rng") or {})
+        model.metadata = dict(config.get("metadata") or {})
         if config.get("optimizer"):
             try:
                 opt = optimizer_from_config(config["optimizer"])
@@ -629,6 +649,7 @@ class Sequential:
         clone = Sequential(layers_from_config(config), seed=self.seed if seed is None else seed,
                            dtype=dtype or self.dtype, backend=backend or self.ops)
         clone.load_state_arrays(self.state_arrays())
+        clone.metadata = _json_metadata(self.metadata)
         return clone
 
     def save(self, path):
@@ -664,6 +685,19 @@ def _named(layers, kind):
 
 def _shape_str(shape):
     return "(N, " + ", ".join(map(str, shape)) + ")"
+
+
+def _json_metadata(metadata):
+    """A copy of ``model.metadata`` through JSON (what a model file keeps);
+    TypeError naming what is not JSON-able."""
+    import json
+    if not isinstance(metadata, dict):
+        raise TypeError(f"model.metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(metadata))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"model.metadata must hold JSON data (str, numbers, lists, dicts): "
+                        f"{err}") from None
 
 
 def _all_finite(arr, ops):

@@ -76,7 +76,7 @@ def check_config(config, source="state"):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                              or seed < 0):
         _fail(source, f"'seed' must be null or an integer >= 0, got {seed!r}")
-    for key in ("rng", "optimizer"):
+    for key in ("rng", "optimizer", "metadata"):
         if config.get(key) is not None and not isinstance(config[key], dict):
             _fail(source, f"'{key}' must be an object, got {type(config[key]).__name__}")
     rng = config.get("rng") or {}

@@ -49,12 +49,16 @@ def test_wrong_feature_count_in_validation_data(backend):
 
 
 def test_3d_input_to_dense(backend):
+    # Dense applies to the last axis, as torch.nn.Linear: (N, T, 4) -> (N, T, out)
     layer = sn.Dense(4, 2)
     layer.build(get_ops(backend), np.random.default_rng(0), "float32", "dense")
-    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4\), got \(2, 3, 4\)"):
-        layer.forward(np.zeros((2, 3, 4)))
-    with pytest.raises(ValueError, match=r"2-D.*\(2, 3, 4\)"):
-        model(backend).predict(np.zeros((2, 3, 4)))
+    assert layer.forward(np.zeros((2, 3, 4))).shape == (2, 3, 2)
+    assert model(backend).predict(np.zeros((2, 3, 4))).shape == (2, 3, 3)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4\) or \(N, \.\.\., 4\), "
+                                         r"got \(2, 3, 5\)"):
+        layer.forward(np.zeros((2, 3, 5)))
+    with pytest.raises(ValueError, match=r"2-D.*\(N, \.\.\., 4\).*\(2, 3, 5\)"):
+        model(backend).predict(np.zeros((2, 3, 5)))
 
 
 def test_1d_input_gets_a_hint(backend):

@@ -381,6 +381,190 @@ class Ops:
         dX = scale * (n * dY - dbeta[:, None, None] - xhat * dgamma[:, None, None])
         return dX, dgamma, dbeta
 
+    # -------------------------------------------------------------- recurrent
+    # Sequences are batch-first. ``XW`` (N, T, G) is the input projection
+    # x_t W + b of every time step, which the layer computes as ONE matrix
+    # product (N*T, F) @ (F, G) before the recurrence; the primitives below run
+    # the recurrence itself, step by step: one (N, H) @ (H, G) product per step,
+    # then the gate non-linearities and the state update. Hidden and cell
+    # states start at zero. G is H (RNN), 4H (LSTM, gates i, f, g, o) or 3H
+    # (GRU, gates r, z, n): PyTorch's orders.
+    #
+    # Each forward returns ``(H_out, ctx)``: H_out is (N, T, H) with
+    # ``return_sequences``, else the last step (N, H). ``ctx`` is private to the
+    # backend that made it, so a backend overrides a forward/backward pair
+    # together or neither. Each backward takes dL/dH_out and returns dL/dXW
+    # (N, T, G) -- from which the layer gets dW, db and dX with one product
+    # each -- the recurrent weight gradient dU (H, G), summed over the steps
+    # as ONE product after the loop (h_{t-1}^T dgates_t stacked over N*T
+    # rows), and ``dh_norms`` (T,): the norm ||dL/dh_t|| over the whole batch
+    # of the gradient that reaches h_t (from the output at t and from step
+    # t+1), the gradient-through-time diagnostic, as a backend array.
+
+    def _sequence_output(self, Hs, return_sequences):
+        return Hs if return_sequences else self.xp.ascontiguousarray(Hs[:, -1])
+
+    def _grad_into_step(self, dH, dh_next, t, T, return_sequences):
+        """dL/dh_t: the output's gradient at step t (every step with
+        ``return_sequences``, else only the last) plus what step t+1 sends back."""
+        if return_sequences:
+            return dH[:, t] if dh_next is None else dH[:, t] + dh_next
+        return dH if t == T - 1 else dh_next
+
+    def _prev_states_grad(self, Hs, dA):
+        """sum over t of h_{t-1}^T dA_t (h_{-1} = 0) as one product over N*(T-1) rows."""
+        n, T, H = Hs.shape
+        return self.matmul(Hs[:, :-1].reshape(n * (T - 1), H).T,
+                           dA[:, 1:].reshape(n * (T - 1), dA.shape[2]))
+
+    def _norm(self, a):
+        return self.xp.sqrt((a * a).sum())
+
+    def _sigmoid_into(self, A):
+        """A = sigmoid(A) in place (A may be a view): the activation table's formula."""
+        A[...] = get_activation("sigmoid").forward(self.xp, A, 0.0, None)
+
+    def rnn_forward(self, XW, U, activation, return_sequences):
+        """Elman RNN, h_t = f(XW_t + h_{t-1} U): XW (N, T, H), U (H, H);
+        activation a name of the activation table ("tanh", "relu")."""
+        xp, spec = self.xp, get_activation(activation)
+        n, T, H = XW.shape
+        Hs = xp.empty((n, T, H), dtype=XW.dtype)
+        for t in range(T):
+            A = XW[:, t].copy() if t == 0 else XW[:, t] + self.matmul(Hs[:, t - 1], U)
+            Hs[:, t] = _into(spec.forward(xp, A, 0.0, A), A)
+        return self._sequence_output(Hs, return_sequences), (Hs, activation, return_sequences)
+
+    def rnn_backward(self, dH, ctx, U):
+        """``(dXW, dU, dh_norms)`` for ``rnn_forward``."""
+        Hs, activation, return_sequences = ctx
+        xp, spec = self.xp, get_activation(activation)
+        n, T, H = Hs.shape
+        dA = xp.empty_like(Hs)
+        norms = xp.empty(T, dtype=Hs.dtype)
+        dh = None
+        for t in range(T - 1, -1, -1):
+            dh = self._grad_into_step(dH, dh, t, T, return_sequences)
+            norms[t] = self._norm(dh)
+            dA[:, t] = dh if spec.passes_gradient else dh * spec.derivative(xp, Hs[:, t], 0.0)
+            dh = self.matmul(dA[:, t], U.T)
+        return dA, self._prev_states_grad(Hs, dA), norms
+
+    def lstm_forward(self, XW, U, return_sequences):
+        """LSTM, PyTorch's equations: gates = XW_t + h_{t-1} U split as
+        (i, f, g, o); i, f, o sigmoid, g tanh; c_t = f c_{t-1} + i g;
+        h_t = o tanh(c_t). XW (N, T, 4H), U (H, 4H)."""
+        xp = self.xp
+        n, T, H4 = XW.shape
+        H = H4 // 4
+        gates = xp.empty((n, T, H4), dtype=XW.dtype)       # after their non-linearities
+        C = xp.empty((n, T, H), dtype=XW.dtype)
+        tanhC = xp.empty((n, T, H), dtype=XW.dtype)
+        Hs = xp.empty((n, T, H), dtype=XW.dtype)
+        for t in range(T):
+            A = XW[:, t].copy() if t == 0 else XW[:, t] + self.matmul(Hs[:, t - 1], U)
+            self._sigmoid_into(A[:, :2 * H])
+            xp.tanh(A[:, 2 * H:3 * H], out=A[:, 2 * H:3 * H])
+            self._sigmoid_into(A[:, 3 * H:])
+            i, f, g, o = A[:, :H], A[:, H:2 * H], A[:, 2 * H:3 * H], A[:, 3 * H:]
+            C[:, t] = i * g if t == 0 else f * C[:, t - 1] + i * g
+            xp.tanh(C[:, t], out=tanhC[:, t])
+            Hs[:, t] = o * tanhC[:, t]
+            gates[:, t] = A
+        return self._sequence_output(Hs, return_sequences), \
+            (gates, C, tanhC, Hs, return_sequences)
+
+    def lstm_backward(self, dH, ctx, U):
+        """``(dXW, dU, dh_norms)`` for ``lstm_forward``: backpropagation
+        through time, the cell's gradient carried alongside the hidden one."""
+        gates, C, tanhC, Hs, return_sequences = ctx
+        xp = self.xp
+        n, T, H = Hs.shape
+        dA = xp.empty_like(gates)
+        norms = xp.empty(T, dtype=Hs.dtype)
+        dh = dc = None
+        for t in range(T - 1, -1, -1):
+            dh = self._grad_into_step(dH, dh, t, T, return_sequences)
+            norms[t] = self._norm(dh)
+            G = gates[:, t]
+            i, f, g, o = G[:, :H], G[:, H:2 * H], G[:, 2 * H:3 * H], G[:, 3 * H:]
+            tc = tanhC[:, t]
+            dct = dh * o * (1 - tc * tc)
+            dc = dct if dc is None else dc + dct
+            d = dA[:, t]
+            d[:, :H] = dc * g * i * (1 - i)
+            if t > 0:
+                d[:, H:2 * H] = dc * C[:, t - 1] * f * (1 - f)
+            else:
+                d[:, H:2 * H] = 0
+            d[:, 2 * H:3 * H] = dc * i * (1 - g * g)
+            d[:, 3 * H:] = dh * tc * o * (1 - o)
+            dc = dc * f
+            dh = self.matmul(d, U.T)
+        return dA, self._prev_states_grad(Hs, dA), norms
+
+    def gru_forward(self, XW, U, bU, return_sequences):
+        """GRU, PyTorch's equations: with hU = h_{t-1} U + bU split as
+        (r, z, n), r = sigmoid(XW_r + hU_r), z = sigmoid(XW_z + hU_z),
+        n = tanh(XW_n + r * hU_n), h_t = (1 - z) n + z h_{t-1}. XW (N, T, 3H)
+        holds the input bias; U (H, 3H); bU (3H,) is the hidden bias."""
+        xp = self.xp
+        n, T, H3 = XW.shape
+        H = H3 // 3
+        gates = xp.empty((n, T, H3), dtype=XW.dtype)       # r, z, n
+        hUn = xp.empty((n, T, H), dtype=XW.dtype)          # h_{t-1} U_n + bU_n
+        Hs = xp.empty((n, T, H), dtype=XW.dtype)
+        for t in range(T):
+            hU = xp.broadcast_to(bU, (n, H3)) if t == 0 else self.matmul(Hs[:, t - 1], U) + bU
+            A = gates[:, t]
+            A[:, :2 * H] = XW[:, t, :2 * H] + hU[:, :2 * H]
+            self._sigmoid_into(A[:, :2 * H])
+            r, z = A[:, :H], A[:, H:2 * H]
+            hUn[:, t] = hU[:, 2 * H:]
+            A[:, 2 * H:] = xp.tanh(XW[:, t, 2 * H:] + r * hUn[:, t])
+            nt = A[:, 2 * H:]
+            Hs[:, t] = nt - z * nt if t == 0 else nt + z * (Hs[:, t - 1] - nt)
+        return self._sequence_output(Hs, return_sequences), (gates, hUn, Hs, return_sequences)
+
+    def gru_backward(self, dH, ctx, U):
+        """``(dXW, dU, dbU, dh_norms)`` for ``gru_forward``."""
+        gates, hUn, Hs, return_sequences = ctx
+        xp = self.xp
+        n, T, H = Hs.shape
+        dA = xp.empty_like(gates)       # dL/dXW
+        dHU = xp.empty_like(gates)      # dL/d(h_{t-1} U + bU)
+        norms = xp.empty(T, dtype=Hs.dtype)
+        dh = None
+        for t in range(T - 1, -1, -1):
+            dh = self._grad_into_step(dH, dh, t, T, return_sequences)
+            norms[t] = self._norm(dh)
+            G = gates[:, t]
+            r, z, nt = G[:, :H], G[:, H:2 * H], G[:, 2 * H:]
+            hp = Hs[:, t - 1] if t > 0 else 0
+            dan = dh * (1 - z) * (1 - nt * nt)
+            d, dh_U = dA[:, t], dHU[:, t]
+            d[:, :H] = dan * hUn[:, t] * r * (1 - r)
+            d[:, H:2 * H] = dh * (hp - nt) * z * (1 - z)
+            d[:, 2 * H:] = dan
+            dh_U[:, :2 * H] = d[:, :2 * H]
+            dh_U[:, 2 * H:] = dan * r
+            dh = dh * z + self.matmul(dh_U, U.T)
+        dbU = dHU.sum(axis=(0, 1))
+        return dA, self._prev_states_grad(Hs, dHU), dbU, norms
+
+    def embedding_forward(self, W, ids):
+        """Rows of W (V, D) for integer ``ids`` of any shape: (*ids.shape, D)."""
+        flat = ids.reshape(-1)
+        return self.take_rows(W, flat).reshape(*ids.shape, W.shape[1])
+
+    def embedding_backward(self, dY, ids, num_embeddings):
+        """dL/dW (V, D) for ``embedding_forward``: each row of dY added to the row
+        of its id (ids that repeat add up)."""
+        D = dY.shape[-1]
+        dW = self.xp.zeros((num_embeddings, D), dtype=dY.dtype)
+        self.xp.add.at(dW, ids.reshape(-1), dY.reshape(-1, D))
+        return dW
+
     # ------------------------------------------------------------- optimizers
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0, nesterov=False,
                    weight_decay=0.0):
