@@ -646,7 +646,7 @@ def test_cli_cnn_per_sample(capsys):
                                               "allow at most 3"),
     (["--model", "cnn", "--dataset", "fashion-mnist", "--conv", "1,1,1,1,1"],
      "the 28x28 images of fashion-mnist allow at most 4"),
-    (["--model", "rnn"], "invalid choice: 'rnn'"),
+    (["--model", "transformer"], "invalid choice: 'transformer'"),
 ])
 def test_cli_cnn_option_errors_before_loading_data(capsys, monkeypatch, argv, message):
     from scratchnet import cli

@@ -2,7 +2,9 @@
 
 Every loader returns ``((X_train, y_train), (X_test, y_test))`` with X float32
 in [0, 1] of shape (N, features) and y int64 of shape (N,); with ``flat=False``
-X holds images (N, 1, height, width), as convolutional layers take them.
+X holds images (N, 1, height, width), as convolutional layers take them; with
+``sequences=True`` X holds (N, height, width): each image's rows as time steps
+of a sequence, as recurrent layers take them.
 """
 
 import functools
@@ -173,14 +175,20 @@ def _load_idx_dataset(name, data_dir, download):
             _read_split(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"]))
 
 
-def _as_images(splits, flat, side):
-    """``splits`` as they are (flat) or with X viewed as (N, 1, side, side) images."""
+def _as_images(splits, flat, side, sequences=False):
+    """``splits`` as they are (flat), with X viewed as (N, 1, side, side) images,
+    or as (N, side, side) sequences of rows (``sequences``)."""
+    if sequences:
+        if not flat:
+            raise ValueError("give flat=False (images) or sequences=True (rows as time "
+                             "steps), not both")
+        return tuple((X.reshape(len(X), side, side), y) for X, y in splits)
     if flat:
         return splits
     return tuple((X.reshape(len(X), 1, side, side), y) for X, y in splits)
 
 
-def load_fashion_mnist(data_dir=None, download=False, flat=True):
+def load_fashion_mnist(data_dir=None, download=False, flat=True, sequences=False):
     """Load Fashion-MNIST (Zalando's 28x28 grey clothing images, 10 classes).
 
     Returns ``((X_train, y_train), (X_test, y_test))``: X float32 in [0, 1] of
@@ -191,24 +199,28 @@ def load_fashion_mnist(data_dir=None, download=False, flat=True):
     the user cache. With ``download=True`` missing files are fetched into
     ``data_dir`` or the cache and checked against SHA-256 sums; otherwise
     DatasetNotFoundError is raised. ``flat=False`` gives X as (N, 1, 28, 28)
-    images (a view of the same data).
+    images (a view of the same data); ``sequences=True`` gives (N, 28, 28),
+    each image's 28 rows as 28 time steps of 28 pixels, for recurrent layers
+    (also a view).
     """
-    return _as_images(_load_idx_dataset("fashion-mnist", data_dir, download), flat, 28)
+    return _as_images(_load_idx_dataset("fashion-mnist", data_dir, download), flat, 28,
+                      sequences)
 
 
-def load_mnist(path=None, download=False, *, data_dir=None, flat=True):
+def load_mnist(path=None, download=False, *, data_dir=None, flat=True, sequences=False):
     """Load MNIST (28x28 grey handwritten digits); ``data_dir`` aliases ``path``.
 
     Same return value, shapes, dtypes and search order as load_fashion_mnist,
     with ``mnist`` in place of ``fashion-mnist``. Downloads are checked
     against the MD5 sums published with the dataset. ``flat=False`` gives X
-    as (N, 1, 28, 28) images.
+    as (N, 1, 28, 28) images, ``sequences=True`` as (N, 28, 28) rows as time
+    steps.
     """
     if data_dir is not None:
         if path is not None and Path(path) != Path(data_dir):
             raise TypeError("load_mnist: give path or data_dir, not both")
         path = data_dir
-    return _as_images(_load_idx_dataset("mnist", path, download), flat, 28)
+    return _as_images(_load_idx_dataset("mnist", path, download), flat, 28, sequences)
 
 
 @functools.lru_cache(maxsize=1)
@@ -242,14 +254,15 @@ def _stratified_split(y, test_fraction, rng):
     return rng.permutation(np.flatnonzero(is_train)), rng.permutation(test)
 
 
-def load_digits(test_fraction=0.2, seed=0, flat=True):
+def load_digits(test_fraction=0.2, seed=0, flat=True, sequences=False):
     """Load the bundled 8x8 handwritten digits (1797 samples, 10 classes).
 
     Returns ``((X_train, y_train), (X_test, y_test))``: X float32 = pixels/16
     in [0, 1] of shape (N, 64), y int64 in 0..9 of shape (N,). The split is
     stratified by label and deterministic for a given ``seed``; the test set
     gets ceil(test_fraction * 1797) samples (360 for the default 0.2).
-    ``flat=False`` gives X as (N, 1, 8, 8) images.
+    ``flat=False`` gives X as (N, 1, 8, 8) images, ``sequences=True`` as
+    (N, 8, 8) rows as time steps.
     """
     if not 0 < test_fraction < 1:  # also rejects NaN
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -257,4 +270,4 @@ def load_digits(test_fraction=0.2, seed=0, flat=True):
     train, test = _stratified_split(table[:, 64], test_fraction, np.random.default_rng(seed))
     X = table[:, :64].astype(np.float32) / 16
     y = table[:, 64].copy()
-    return _as_images(((X[train], y[train]), (X[test], y[test])), flat, 8)
+    return _as_images(((X[train], y[train]), (X[test], y[test])), flat, 8, sequences)
