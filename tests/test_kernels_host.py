@@ -1,9 +1,11 @@
 """The CUDA kernels, run on the CPU and compared with the NumPy backend.
 
-kernels/scratchnet_kernels.cu and kernels/conv_kernels.cu are compiled by g++
-through tests/kernel_host_shim.h (kernel_host_shim.cpp and
-kernel_host_shim_conv.cpp), which runs every launch serially over its grid
-(see the header). The kernels are
+kernels/scratchnet_kernels.cu, kernels/conv_kernels.cu and
+kernels/recurrent_kernels.cu are compiled by g++ through
+tests/kernel_host_shim.h (kernel_host_shim.cpp, kernel_host_shim_conv.cpp and
+kernel_host_shim_recurrent.cpp, whose recurrent cells are tested in
+tests/test_recurrent_kernels.py), which runs every launch serially over its
+grid (see the header). The kernels are
 driven through the *real* Python wrappers of ``CupyOps`` -- argument checks,
 scalar casts, chunking, launch shapes -- by ``HostKernelOps``, a subclass whose
 ``xp`` is NumPy and whose ``_launch`` calls the shim through ctypes. Every launch
@@ -22,15 +24,16 @@ import pytest
 
 from scratchnet.backends import ACTIVATIONS
 from scratchnet.backends.cupy_ops import (BLOCK, CONV_KERNEL_FILE, CupyOps, FLOAT_CTYPES,
-                                          KERNEL_FILE, chunking, kernel_file, launch_grid,
-                                          name_expressions)
+                                          KERNEL_FILE, RECURRENT_KERNEL_FILE, chunking,
+                                          kernel_file, launch_grid, name_expressions)
 from scratchnet.backends.numpy_ops import NumpyOps
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "kernels"
 SHIM = Path(__file__).with_name("kernel_host_shim.cpp")
 #: The host shim of each kernel file.
-SHIMS = {KERNEL_FILE: SHIM, CONV_KERNEL_FILE: Path(__file__).with_name("kernel_host_shim_conv.cpp")}
+SHIMS = {KERNEL_FILE: SHIM, CONV_KERNEL_FILE: Path(__file__).with_name("kernel_host_shim_conv.cpp"),
+         RECURRENT_KERNEL_FILE: Path(__file__).with_name("kernel_host_shim_recurrent.cpp")}
 CXX = shutil.which("g++")
 NM = shutil.which("nm")
 
@@ -108,12 +111,13 @@ class HostKernelOps(CupyOps):
 
     name = "cupy-host-shim"
 
-    def __init__(self, shim, launch, conv_shim=None):
+    def __init__(self, shim, launch, conv_shim=None, recurrent_shim=None):
         # No super().__init__(): that imports CuPy.
         self.xp = numpy
         self._unavailable = None
         self.lib, self.signatures = shim
-        self.shims = {KERNEL_FILE: shim, CONV_KERNEL_FILE: conv_shim}
+        self.shims = {KERNEL_FILE: shim, CONV_KERNEL_FILE: conv_shim,
+                      RECURRENT_KERNEL_FILE: recurrent_shim}
         self.launch = launch
         self.launched = []
 

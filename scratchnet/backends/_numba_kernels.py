@@ -50,7 +50,9 @@ KERNELS = ("take_rows", "bias_act", "act_backward", "column_sum", "softmax_cross
            "count_correct", "sigmoid_bce", "sgd_update", "adam_update", "adamw_update", "rmsprop_update",
            "adagrad_update", "dropout", "im2col", "col2im", "conv_bias_act", "conv_act_backward",
            "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
-           "batchnorm2d_forward", "batchnorm2d_backward")
+           "batchnorm2d_forward", "batchnorm2d_backward", "lstm_cell_forward",
+           "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward", "rnn_cell_forward",
+           "rnn_cell_backward")
 
 #: Elements per block of rows (16 KiB of float32): the passes over a block
 #: hit L1 cache, and a block of 10-class rows is still a long flat loop.
@@ -1024,6 +1026,292 @@ def batchnorm2d_backward(dY, xhat, gamma, inv_std, dX, dgamma, dbeta):
             d = dX[n, c]
             for k in range(L):
                 d[k] = a * (fm * g[k] - db - xh[k] * dg)
+
+
+# -------------------------------------------------------------- recurrent
+# One step of a recurrent cell for the whole batch, fused: the gate
+# non-linearities and the state update (forward), the gate derivatives and
+# the carried gradients (backward), in one pass over the step's rows. The
+# recurrent products h_{t-1} U and dZ_t U^T run in BLAS between the calls
+# (NumbaOps). Layouts, C-contiguous: XW, dXW (N, T, G) and the previous states
+# Hprev (N, T, H) (Hprev[:, t] = h_{t-1}, Hprev[:, 0] = 0) batch-major, as the
+# layer's input projection and the one product dU = Hprev^T dXW over N*T rows
+# need them; what only the cell reads again (gates, c_t, tanh c_t) time-major,
+# (T, N, .), so that a step's slice is one contiguous block; a step's (N, H)
+# or (N, G) arguments are those slices. Gate orders are PyTorch's: LSTM
+# (i, f, g, o), GRU (r, z, n).
+#
+# tanh here is built on ``_exp_parts`` (vectorisable, no SVML): tanh|x| =
+# -expm1(-2|x|) / (2 + expm1(-2|x|)), with expm1 = (s - 1) + s*p exact near 0
+# (no cancellation); NumPy's own tanh is faster alone (see bias_act), but in a
+# fused cell it would cost a pass over the gates of its own.
+
+@jit
+def _sigmoid(x, one):
+    """1 / (1 + exp(-x)) in x's dtype, exp taken of -|x| only."""
+    e = exp_nonpos(-abs(x))
+    return (one if x >= 0 else e) / (one + e)
+
+
+@jit
+def _tanh(x, one):
+    """tanh(x) in x's dtype, within a few ulp; NaN propagates."""
+    s, p = _exp_parts(-(abs(x) + abs(x)))
+    em1 = (s - one) + s * p            # expm1(-2|x|) in [-1, 0]
+    t = -em1 / (one + one + em1)
+    return t if x >= 0 else -t
+
+
+@njit(nogil=True, cache=CACHE, error_model="numpy", fastmath={"reassoc"})
+def _sum_squares(a):
+    """(a * a).sum() of a 1-D run, in float64; reassoc lets LLVM vectorise it."""
+    s = 0.0
+    for k in range(a.shape[0]):
+        v = np.float64(a[k])
+        s += v * v
+    return s
+
+
+@jit
+def _store_h(hrow, Hout, n, t_out):
+    """Hout[n, t_out] = hrow unless t_out < 0."""
+    if t_out >= 0:
+        dst = Hout[n, t_out]
+        for j in range(hrow.shape[0]):
+            dst[j] = hrow[j]
+
+
+@jit
+def _step_grad(dH, t_in, dh, n):
+    """dh[n] += dH[n, t_in] (the output's gradient at this step) unless t_in < 0;
+    returns the sum of squares of the row."""
+    d = dh[n]
+    if t_in >= 0:
+        src = dH[n, t_in]
+        for j in range(d.shape[0]):
+            d[j] += src[j]
+    return _sum_squares(d)
+
+
+@jit
+def lstm_cell_forward(XW, t, Z, c_prev, gates, c, tanh_c, Hprev, h_last, Hout, t_out):
+    """LSTM step t: gates = XW[:, t] + Z split as (i, f, g, o); i, f, o =
+    sigmoid, g = tanh; c = f c_prev + i g; h = o tanh(c).
+
+    XW (N, T, 4H); Z (N, 4H) = h_{t-1} U (zeros at t = 0); c_prev (N, H)
+    (zeros at t = 0). Writes gates (N, 4H) after their non-linearities, c and
+    tanh_c (N, H), h into Hprev[:, t + 1] (h_last (N, H) at the last step) and
+    into Hout[:, t_out] (Hout (N, T_out, H)) unless t_out < 0.
+
+    A row at a time, in short loops over runs of the row that LLVM vectorises
+    (one loop for all of it measured slower: 27 against 22 us for 64 rows of
+    128 units, float32)."""
+    N, T = XW.shape[0], XW.shape[1]
+    H = c.shape[1]
+    one = XW.dtype.type(1)
+    for n in range(N):
+        x = XW[n, t]
+        z = Z[n]
+        gr = gates[n]
+        for j in range(2 * H):                      # i, f
+            gr[j] = _sigmoid(x[j] + z[j], one)
+        xg, zg, gg = x[2 * H:3 * H], z[2 * H:3 * H], gr[2 * H:3 * H]
+        for j in range(H):
+            gg[j] = _tanh(xg[j] + zg[j], one)
+        xo, zo, go = x[3 * H:4 * H], z[3 * H:4 * H], gr[3 * H:4 * H]
+        for j in range(H):
+            go[j] = _sigmoid(xo[j] + zo[j], one)
+        gi, gf = gr[:H], gr[H:2 * H]
+        cp = c_prev[n]
+        cn = c[n]
+        for j in range(H):
+            cn[j] = gf[j] * cp[j] + gi[j] * gg[j]
+        tn = tanh_c[n]
+        hrow = Hprev[n, t + 1] if t + 1 < T else h_last[n]
+        for j in range(H):
+            tc = _tanh(cn[j], one)
+            tn[j] = tc
+            hrow[j] = go[j] * tc
+        _store_h(hrow, Hout, n, t_out)
+
+
+@jit
+def lstm_cell_backward(dH, t_in, dh, dc, gates, c_prev, tanh_c, dXW, t, sumsq):
+    """LSTM step t backward, from the forward's gates, c_{t-1} (zeros at
+    t = 0) and tanh(c_t).
+
+    dh (N, H): in, dZ_{t+1} U^T (zeros at the last step); out, the whole
+    dL/dh_t (plus dH[:, t_in], the output's gradient at this step, unless
+    t_in < 0). dc (N, H): in, dL/dc_t from step t+1; out, dL/dc_{t-1}.
+    Writes dXW[:, t] = dL/dZ_t (N, 4H) and sumsq[t] (float64) = the sum of the
+    squares of dL/dh_t over these rows. Two loops per row: the output gate and
+    dL/dc_t, then the other three gates (faster than one: 8.3 against 9.9 us)."""
+    N, H = dh.shape
+    one = dh.dtype.type(1)
+    ss = 0.0
+    for n in range(N):
+        ss += _step_grad(dH, t_in, dh, n)
+        d = dh[n]
+        dcr = dc[n]
+        gr = gates[n]
+        out = dXW[n, t]
+        go, tn, oo = gr[3 * H:4 * H], tanh_c[n], out[3 * H:4 * H]
+        for j in range(H):
+            o = go[j]
+            tc = tn[j]
+            dhj = d[j]
+            dcr[j] += dhj * o * (one - tc * tc)
+            oo[j] = dhj * tc * o * (one - o)
+        gi, gf, gg = gr[:H], gr[H:2 * H], gr[2 * H:3 * H]
+        oi, of, og = out[:H], out[H:2 * H], out[2 * H:3 * H]
+        cp = c_prev[n]
+        for j in range(H):
+            dcj = dcr[j]
+            i = gi[j]
+            f = gf[j]
+            g = gg[j]
+            oi[j] = dcj * g * i * (one - i)
+            of[j] = dcj * cp[j] * f * (one - f)
+            og[j] = dcj * i * (one - g * g)
+            dcr[j] = dcj * f
+    sumsq[t] = ss
+
+
+@jit
+def gru_cell_forward(XW, t, Z, bU, gates, hUn, Hprev, h_last, Hout, t_out):
+    """GRU step t (PyTorch's): with hU = Z + bU split as (r, z, n),
+    r = sigmoid(XW_r + hU_r), z = sigmoid(XW_z + hU_z),
+    n = tanh(XW_n + r hU_n), h = n + z (h_{t-1} - n).
+
+    XW (N, T, 3H); Z (N, 3H) = h_{t-1} U (zeros at t = 0); bU (3H,);
+    h_{t-1} is Hprev[:, t]. Writes gates (N, 3H) = (r, z, n), hUn (N, H) =
+    hU_n, and h as ``lstm_cell_forward`` does."""
+    N, T = XW.shape[0], XW.shape[1]
+    H = hUn.shape[1]
+    one = XW.dtype.type(1)
+    br, bz, bn = bU[:H], bU[H:2 * H], bU[2 * H:3 * H]
+    for n in range(N):
+        x = XW[n, t]
+        z = Z[n]
+        gr = gates[n]
+        xr, xz, xn = x[:H], x[H:2 * H], x[2 * H:3 * H]
+        zr, zz, zn = z[:H], z[H:2 * H], z[2 * H:3 * H]
+        g_r, g_z, g_n = gr[:H], gr[H:2 * H], gr[2 * H:3 * H]
+        un = hUn[n]
+        hp = Hprev[n, t]
+        hrow = Hprev[n, t + 1] if t + 1 < T else h_last[n]
+        for j in range(H):
+            r = _sigmoid(xr[j] + (zr[j] + br[j]), one)
+            u = _sigmoid(xz[j] + (zz[j] + bz[j]), one)
+            hn = zn[j] + bn[j]
+            nn = _tanh(xn[j] + r * hn, one)
+            g_r[j] = r
+            g_z[j] = u
+            g_n[j] = nn
+            un[j] = hn
+            hrow[j] = nn + u * (hp[j] - nn)
+        _store_h(hrow, Hout, n, t_out)
+
+
+@jit
+def gru_cell_backward(dH, t_in, dh, carry, gates, hUn, Hprev, dXW, dHU, dbU, t, sumsq):
+    """GRU step t backward.
+
+    dh (N, H): in, dHU_{t+1} U^T (zeros at the last step); out, the whole
+    dL/dh_t: that, carry (dL/dh_t through h_{t+1} = ... + z h_t) and dH[:, t_in]
+    unless t_in < 0. carry (N, H) is then set to dL/dh_t z_t for step t-1.
+    Writes dXW[:, t] = dL/d(XW_t) and dHU[:, t] = dL/d(hU_t) (they differ in
+    the n block: r times it), adds dHU[:, t] summed over rows to dbU (3H,
+    float64) and sets sumsq[t] as ``lstm_cell_backward`` does."""
+    N, H = dh.shape
+    one = dh.dtype.type(1)
+    ss = 0.0
+    db_r, db_z, db_n = dbU[:H], dbU[H:2 * H], dbU[2 * H:3 * H]
+    for n in range(N):
+        d = dh[n]
+        cr = carry[n]
+        for j in range(H):
+            d[j] += cr[j]
+        ss += _step_grad(dH, t_in, dh, n)
+        gr = gates[n]
+        g_r, g_z, g_n = gr[:H], gr[H:2 * H], gr[2 * H:3 * H]
+        un = hUn[n]
+        hp = Hprev[n, t]
+        ox = dXW[n, t]
+        ou = dHU[n, t]
+        ox_r, ox_z, ox_n = ox[:H], ox[H:2 * H], ox[2 * H:3 * H]
+        ou_r, ou_z, ou_n = ou[:H], ou[H:2 * H], ou[2 * H:3 * H]
+        for j in range(H):
+            dhj = d[j]
+            r = g_r[j]
+            u = g_z[j]
+            nn = g_n[j]
+            dan = dhj * (one - u) * (one - nn * nn)
+            dar = dan * un[j] * r * (one - r)
+            daz = dhj * (hp[j] - nn) * u * (one - u)
+            dun = dan * r
+            ox_r[j] = dar
+            ox_z[j] = daz
+            ox_n[j] = dan
+            ou_r[j] = dar
+            ou_z[j] = daz
+            ou_n[j] = dun
+            cr[j] = dhj * u
+            db_r[j] += dar
+            db_z[j] += daz
+            db_n[j] += dun
+    sumsq[t] = ss
+
+
+#: The RNN activations the fused cells take (any other goes to the composed default).
+RNN_TANH, RNN_RELU = 0, 1
+
+
+@jit
+def rnn_cell_forward(XW, t, Z, act, Hprev, h_last, Hout, t_out):
+    """Elman RNN step t: h = f(XW[:, t] + Z), f tanh (act 0) or relu (act 1).
+    Z (N, H) = h_{t-1} U (zeros at t = 0); h is written as ``lstm_cell_forward`` does."""
+    N, T = XW.shape[0], XW.shape[1]
+    H = Z.shape[1]
+    one = XW.dtype.type(1)
+    zero = XW.dtype.type(0)
+    for n in range(N):
+        x = XW[n, t]
+        z = Z[n]
+        hrow = Hprev[n, t + 1] if t + 1 < T else h_last[n]
+        if act == RNN_TANH:
+            for j in range(H):
+                hrow[j] = _tanh(x[j] + z[j], one)
+        else:
+            for j in range(H):
+                a = x[j] + z[j]
+                hrow[j] = zero if a < zero else a   # NaN passes through, as numpy.maximum
+        _store_h(hrow, Hout, n, t_out)
+
+
+@jit
+def rnn_cell_backward(dH, t_in, dh, act, Hprev, h_last, dXW, t, sumsq):
+    """Elman RNN step t backward: dh (N, H) in, dXW[:, t+1] U^T (zeros at the
+    last step), out the whole dL/dh_t (with dH[:, t_in] unless t_in < 0);
+    dXW[:, t] = dL/dh_t * f'(h_t), f' from the output h_t (Hprev[:, t+1], or
+    h_last at the last step); sumsq[t] as ``lstm_cell_backward`` sets it."""
+    N, H = dh.shape
+    T = dXW.shape[1]
+    one = dh.dtype.type(1)
+    zero = dh.dtype.type(0)
+    ss = 0.0
+    for n in range(N):
+        ss += _step_grad(dH, t_in, dh, n)
+        d = dh[n]
+        y = Hprev[n, t + 1] if t + 1 < T else h_last[n]
+        out = dXW[n, t]
+        if act == RNN_TANH:
+            for j in range(H):
+                out[j] = d[j] * (one - y[j] * y[j])
+        else:
+            for j in range(H):
+                out[j] = d[j] * (one if y[j] > zero else zero)
+    sumsq[t] = ss
 
 
 refresh_activations()

@@ -1,8 +1,9 @@
 """The CuPy backend: the base class's composed defaults on the GPU, with the hot
 primitives replaced by scratchnet's own CUDA kernels.
 
-The kernels live in ``kernels/scratchnet_kernels.cu`` and, for convolutional
-networks, ``kernels/conv_kernels.cu`` (shipped in the wheel as
+The kernels live in ``kernels/scratchnet_kernels.cu``, for convolutional
+networks ``kernels/conv_kernels.cu`` and for recurrent ones
+``kernels/recurrent_kernels.cu`` (shipped in the wheel as
 ``scratchnet.kernels``); each file is compiled once per device, lazily, the
 first time one of its kernels runs, through ``cupy.RawModule`` and NVRTC. Each fused
 method handles float32 and float64 C-contiguous CuPy arrays and calls
@@ -24,6 +25,7 @@ import numpy
 
 from . import BackendUnavailableError
 from ._conv import ConvContext, PoolContext, conv_geometry, pool_geometry
+from ._recurrent import RecurrentContext, recurrent_dims
 from .base import Ops
 from .cuda_header import cuda_header
 from .. import activations
@@ -47,8 +49,14 @@ CONV_KERNELS_T = ("conv_im2col", "conv_col2im", "conv_bias_act", "conv_act_backw
                   "bn2d_backward_apply")
 #: Its kernels templated on the float type T and the argmax index type I.
 CONV_KERNELS_TI = ("maxpool_forward", "maxpool_backward")
+#: The recurrent cells (LSTM, GRU, RNN), forward and backward: a third source
+#: file, its own module (the recurrent products run in cuBLAS).
+RECURRENT_KERNEL_FILE = "recurrent_kernels.cu"
+#: Its kernels, templated on the float type T.
+RECURRENT_KERNELS_T = ("lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward",
+                       "gru_cell_backward", "rnn_cell_forward", "rnn_cell_backward")
 #: Every kernel source file, each compiled as one module.
-KERNEL_FILES = (KERNEL_FILE, CONV_KERNEL_FILE)
+KERNEL_FILES = (KERNEL_FILE, CONV_KERNEL_FILE, RECURRENT_KERNEL_FILE)
 
 #: The header the kernel file includes: activation codes (SN_ACT_*) and formulas,
 #: generated from the activation table (``backends/cuda_header.py``).
@@ -113,6 +121,8 @@ def name_expressions(name=KERNEL_FILE):
         return ([f"{k}<{t}>" for t in floats for k in CONV_KERNELS_T]
                 + [f"{k}<{t}, {it}>" for t in floats for it in INDEX_CTYPES.values()
                    for k in CONV_KERNELS_TI])
+    if name == RECURRENT_KERNEL_FILE:
+        return [f"{k}<{t}>" for t in floats for k in RECURRENT_KERNELS_T]
     if name != KERNEL_FILE:
         raise ValueError(f"unknown kernel file {name!r}; expected one of {KERNEL_FILES}")
     names = [f"{k}<{t}>" for t in floats for k in KERNELS_T]
@@ -124,6 +134,8 @@ def name_expressions(name=KERNEL_FILE):
 def kernel_file(expr):
     """The source file that defines the kernel of name expression ``expr``."""
     base = expr.split("<", 1)[0]
+    if base in RECURRENT_KERNELS_T:
+        return RECURRENT_KERNEL_FILE
     return CONV_KERNEL_FILE if base in CONV_KERNELS_T + CONV_KERNELS_TI else KERNEL_FILE
 
 
@@ -836,3 +848,189 @@ class CupyOps(Ops):
                      (dY, xhat, gamma, inv_std, dgamma, dbeta, dX, numpy.int32(c),
                       numpy.int64(l), numpy.int64(dY.size), T(n * l)))
         return dX, dgamma, dbeta
+
+    # ------------------------------------------------------------- recurrent
+    # kernels/recurrent_kernels.cu: one launch per step, a fused cell for the
+    # whole batch (one thread per (row, unit)), between the recurrent products
+    # in cuBLAS. What the next product and dU read is kept time-major, so that
+    # every product takes contiguous (N, .) slices: the hidden states Hs
+    # (T, N, H) forward, the gates' gradients dZ (T, N, G) backward (the kernel
+    # writes them into dXW (N, T, G) too), and dU is ONE product over the
+    # (T-1)*N rows of Hs[:-1] and dZ[1:]. The norms of dL/dh_t are one
+    # reduction of the (T, N, H) gradients after the loop.
+
+    def _recurrent_inputs(self, XW, U, bU=None):
+        """Check XW, U (and bU) before any launch."""
+        self._check_device("XW", XW)
+        check_array("XW", XW, ndim=3)
+        self._check_device("U", U)
+        check_array("U", U, dtype=XW.dtype)
+        if bU is not None:
+            self._check_device("bU", bU)
+            check_array("bU", bU, dtype=XW.dtype)
+        n, T, G = XW.shape
+        check_counts("XW", n * T, G)
+
+    def _recurrent_grad_inputs(self, dH, ctx, U, width):
+        """Check dH and U of a backward against its forward; ``(dh_steps, t_in of t)``."""
+        n, T, H = ctx.dims
+        self._check_device("U", U)
+        check_array("U", U, dtype=ctx.dtype, shape=(H, width))
+        self._check_device("dH", dH)
+        check_array("dH", dH, dtype=ctx.dtype, shape=ctx.output_shape())
+        if ctx.return_sequences:
+            return T, lambda t: t
+        return 1, lambda t: 0 if t == T - 1 else -1
+
+    def _step_args(self, n, T, H, t):
+        return numpy.int32(n), numpy.int32(T), numpy.int32(H), numpy.int32(t)
+
+    def _weight_grad(self, Hs, dZ):
+        """dU = sum over t >= 1 of h_{t-1}^T dZ_t: one product over (T-1)*N rows."""
+        T, n, H = Hs.shape
+        if T == 1:
+            return self.xp.zeros((H, dZ.shape[2]), Hs.dtype)
+        return self.xp.matmul(Hs[:-1].reshape((T - 1) * n, H).T,
+                              dZ[1:].reshape((T - 1) * n, dZ.shape[2]))
+
+    def _norms(self, dh_all):
+        return self.xp.sqrt((dh_all * dh_all).sum(axis=(1, 2)))
+
+    def lstm_forward(self, XW, U, return_sequences):
+        dims = recurrent_dims(XW, U, "lstm")
+        if not (dims and self._fused(XW)):
+            return super().lstm_forward(XW, U, return_sequences)
+        self._recurrent_inputs(XW, U)
+        n, T, H = dims
+        xp, dtype = self.xp, XW.dtype
+        expr = f"lstm_cell_forward<{FLOAT_CTYPES[dtype]}>"
+        gates = xp.empty((T, n, 4 * H), dtype)
+        C, tanh_C, Hs = (xp.empty((T, n, H), dtype) for _ in range(3))
+        Hout = xp.empty((n, T, H), dtype) if return_sequences else None
+        Z = xp.empty((n, 4 * H), dtype)
+        out_steps = numpy.int32(T if return_sequences else 1)
+        for t in range(T):
+            if t:
+                xp.matmul(Hs[t - 1], U, out=Z)
+            self._launch(expr, n * H,
+                         (XW, Z if t else None, C[t - 1] if t else None, gates[t], C[t],
+                          tanh_C[t], Hs[t], Hout, *self._step_args(n, T, H, t), out_steps,
+                          numpy.int32(t if return_sequences else -1)))
+        ctx = RecurrentContext(self.name, "lstm", dims, dtype, return_sequences,
+                               {"gates": gates, "C": C, "tanh_C": tanh_C, "Hs": Hs})
+        return (Hout if return_sequences else Hs[T - 1].copy()), ctx
+
+    def lstm_backward(self, dH, ctx, U):
+        if not (isinstance(ctx, RecurrentContext) and ctx.belongs_to(self, "lstm")):
+            return super().lstm_backward(dH, ctx, U)
+        n, T, H = ctx.dims
+        dh_steps, t_in = self._recurrent_grad_inputs(dH, ctx, U, 4 * H)
+        xp, dtype, a = self.xp, ctx.dtype, ctx.arrays
+        expr = f"lstm_cell_backward<{FLOAT_CTYPES[dtype]}>"
+        dZ = xp.empty((T, n, 4 * H), dtype)
+        dXW = xp.empty((n, T, 4 * H), dtype)
+        dh_all = xp.empty((T, n, H), dtype)
+        dc, dh = xp.zeros((n, H), dtype), xp.empty((n, H), dtype)
+        UT = U.T
+        C = a["C"]
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                xp.matmul(dZ[t + 1], UT, out=dh)
+            self._launch(expr, n * H,
+                         (dH, numpy.int32(dh_steps), numpy.int32(t_in(t)),
+                          dh if t < T - 1 else None, dc, a["gates"][t],
+                          C[t - 1] if t else None, a["tanh_C"][t], dZ[t], dXW, dh_all[t],
+                          *self._step_args(n, T, H, t)))
+        return dXW, self._weight_grad(a["Hs"], dZ), self._norms(dh_all)
+
+    def gru_forward(self, XW, U, bU, return_sequences):
+        dims = recurrent_dims(XW, U, "gru", bU)
+        if not (dims and self._fused(XW)):
+            return super().gru_forward(XW, U, bU, return_sequences)
+        self._recurrent_inputs(XW, U, bU)
+        n, T, H = dims
+        xp, dtype = self.xp, XW.dtype
+        expr = f"gru_cell_forward<{FLOAT_CTYPES[dtype]}>"
+        gates = xp.empty((T, n, 3 * H), dtype)
+        hUn, Hs = xp.empty((T, n, H), dtype), xp.empty((T, n, H), dtype)
+        Hout = xp.empty((n, T, H), dtype) if return_sequences else None
+        Z = xp.empty((n, 3 * H), dtype)
+        out_steps = numpy.int32(T if return_sequences else 1)
+        for t in range(T):
+            if t:
+                xp.matmul(Hs[t - 1], U, out=Z)
+            self._launch(expr, n * H,
+                         (XW, Z if t else None, bU, Hs[t - 1] if t else None, gates[t], hUn[t],
+                          Hs[t], Hout, *self._step_args(n, T, H, t), out_steps,
+                          numpy.int32(t if return_sequences else -1)))
+        ctx = RecurrentContext(self.name, "gru", dims, dtype, return_sequences,
+                               {"gates": gates, "hUn": hUn, "Hs": Hs})
+        return (Hout if return_sequences else Hs[T - 1].copy()), ctx
+
+    def gru_backward(self, dH, ctx, U):
+        if not (isinstance(ctx, RecurrentContext) and ctx.belongs_to(self, "gru")):
+            return super().gru_backward(dH, ctx, U)
+        n, T, H = ctx.dims
+        dh_steps, t_in = self._recurrent_grad_inputs(dH, ctx, U, 3 * H)
+        xp, dtype, a = self.xp, ctx.dtype, ctx.arrays
+        expr = f"gru_cell_backward<{FLOAT_CTYPES[dtype]}>"
+        dHU = xp.empty((T, n, 3 * H), dtype)     # dL/d(h_{t-1} U + bU), time-major
+        dXW = xp.empty((n, T, 3 * H), dtype)
+        dh_all = xp.empty((T, n, H), dtype)
+        carry, dh = xp.zeros((n, H), dtype), xp.empty((n, H), dtype)
+        UT, Hs = U.T, a["Hs"]
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                xp.matmul(dHU[t + 1], UT, out=dh)
+            self._launch(expr, n * H,
+                         (dH, numpy.int32(dh_steps), numpy.int32(t_in(t)),
+                          dh if t < T - 1 else None, carry, a["gates"][t], a["hUn"][t],
+                          Hs[t - 1] if t else None, dHU[t], dXW, dh_all[t],
+                          *self._step_args(n, T, H, t)))
+        return (dXW, self._weight_grad(Hs, dHU), dHU.sum(axis=(0, 1)), self._norms(dh_all))
+
+    def rnn_forward(self, XW, U, activation, return_sequences):
+        spec = activations.get_activation(activation)   # unknown names raise, as in the base
+        dims = recurrent_dims(XW, U, "rnn")
+        if not (dims and self._fused(XW)):
+            return super().rnn_forward(XW, U, activation, return_sequences)
+        self._recurrent_inputs(XW, U)
+        n, T, H = dims
+        xp, dtype = self.xp, XW.dtype
+        expr = f"rnn_cell_forward<{FLOAT_CTYPES[dtype]}>"
+        Hs = xp.empty((T, n, H), dtype)
+        Hout = xp.empty((n, T, H), dtype) if return_sequences else None
+        Z = xp.empty((n, H), dtype)
+        out_steps = numpy.int32(T if return_sequences else 1)
+        for t in range(T):
+            if t:
+                xp.matmul(Hs[t - 1], U, out=Z)
+            self._launch(expr, n * H,
+                         (XW, Z if t else None, Hs[t], Hout, *self._step_args(n, T, H, t),
+                          out_steps, numpy.int32(t if return_sequences else -1),
+                          numpy.int32(spec.code), dtype.type(0.0)))
+        ctx = RecurrentContext(self.name, "rnn", dims, dtype, return_sequences, {"Hs": Hs},
+                               activation=spec.code)
+        return (Hout if return_sequences else Hs[T - 1].copy()), ctx
+
+    def rnn_backward(self, dH, ctx, U):
+        if not (isinstance(ctx, RecurrentContext) and ctx.belongs_to(self, "rnn")):
+            return super().rnn_backward(dH, ctx, U)
+        n, T, H = ctx.dims
+        dh_steps, t_in = self._recurrent_grad_inputs(dH, ctx, U, H)
+        xp, dtype, Hs = self.xp, ctx.dtype, ctx.arrays["Hs"]
+        expr = f"rnn_cell_backward<{FLOAT_CTYPES[dtype]}>"
+        dZ = xp.empty((T, n, H), dtype)
+        dXW = xp.empty((n, T, H), dtype)
+        dh_all = xp.empty((T, n, H), dtype)
+        dh = xp.empty((n, H), dtype)
+        UT = U.T
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                xp.matmul(dZ[t + 1], UT, out=dh)
+            self._launch(expr, n * H,
+                         (dH, numpy.int32(dh_steps), numpy.int32(t_in(t)),
+                          dh if t < T - 1 else None, Hs[t], dZ[t], dXW, dh_all[t],
+                          *self._step_args(n, T, H, t), numpy.int32(ctx.activation),
+                          dtype.type(0.0)))
+        return dXW, self._weight_grad(Hs, dZ), self._norms(dh_all)

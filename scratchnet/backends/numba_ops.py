@@ -31,17 +31,25 @@ numba's default (omp) layer every step costs ~7 ms more, and the workqueue
 layer's wake-up (~35 us) loses at every MLP shape and gains at most 2 ms
 (5%, near the noise) of a 35 ms step at 4096x1000. So the kernels run in the
 calling thread and BLAS keeps both cores.
+
+The one exception is the recurrence of the RNN, LSTM and GRU cells: its
+products are too small for BLAS to use two threads well, so it runs on
+chunks of the batch's rows in Python threads, BLAS at one thread each while
+they run (see the recurrent section below).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 
 import numpy
 
 from . import BackendUnavailableError
 from ._conv import ConvContext, PoolContext, conv_geometry, pool_geometry
+from ._recurrent import RecurrentContext, recurrent_dims
 from .base import Ops
 from .. import activations
 from .._compat import module_installed
@@ -56,9 +64,23 @@ ACTIVATION_KERNELS = ("bias_act", "act_backward", "conv_bias_act", "conv_act_bac
 #: count_correct uses its kernel up to this many classes (see the method).
 COUNT_CORRECT_MAX_CLASSES = 16
 
+#: The RNN activations the fused cells cover, by their code in the kernels
+#: (``_numba_kernels.RNN_TANH``, ``RNN_RELU``); any other runs composed.
+_RNN_ACTIVATIONS = {"tanh": 0, "relu": 1}
+
+#: A recurrence runs on several threads only with at least this many rows per thread.
+RECURRENT_MIN_ROWS = 32
+
 #: A convolution runs in chunks of samples whose column matrix takes about this
 #: many bytes, so that each chunk is built, multiplied and used while in cache.
 CONV_CHUNK_BYTES = 1 << 20
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
 
 
 def _floats(*arrays):
@@ -112,6 +134,11 @@ class NumbaOps(Ops):
         self._table_version = None  # the activation table our activation kernels come from
         #: Bytes of column matrix per chunk of samples in the convolutions.
         self.conv_chunk_bytes = CONV_CHUNK_BYTES
+        #: Threads a recurrence runs on (chunks of the batch's rows); None: as many
+        #: as BLAS uses (threadpoolctl), else 1.
+        self.recurrent_threads = None
+        self._blas = None       # threadpoolctl's BLAS selection, False without it
+        self._pool = None       # (pid, workers, ThreadPoolExecutor) for the recurrences
 
     # ------------------------------------------------------------ plumbing
     def check_available(self):
@@ -564,6 +591,302 @@ class NumbaOps(Ops):
                   dX.reshape(dY3.shape), dgamma, dbeta)
         return dX, dgamma, dbeta
 
+    # ------------------------------------------------------------ recurrent
+    # The recurrence runs step by step: one BLAS product per step (h_{t-1} U
+    # forward, dZ_{t+1} U^T backward, on strided (N, H) / (N, G) views of the
+    # batch-major arrays, which BLAS takes without a copy) and one fused cell
+    # kernel per step (see the layout note in _numba_kernels.py); dU is one
+    # product over all the rows and steps after the loop.
+    #
+    # The rows of a batch never meet in the recurrence, so it runs on chunks of
+    # rows in parallel threads, each with its own single-threaded products and
+    # kernels and its own part of dU (``_run_row_chunks``): as many chunks as
+    # BLAS would use threads, of at least RECURRENT_MIN_ROWS rows. A product
+    # per step is too small for two BLAS threads to share well: on the 2-core
+    # machine the reference LSTM's forward (128 rows x 28 steps x 128 units,
+    # float32) took 6.0 ms serial with one BLAS thread, 5.8 ms (and often
+    # 13) with two, and 3.3 ms as two chunks of 64 rows on two threads with
+    # BLAS at one thread each; single-threaded, each (64, 128) @ (128, 512)
+    # product runs at the core's peak (80 us, 105 GFLOP/s). The kernels stay
+    # serial (no numba thread pool, see above): the threads are the caller's.
+
+    def _blas_threads(self):
+        """threadpoolctl's view of the loaded BLAS libraries, or None without it."""
+        if self._blas is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                self._blas = ThreadpoolController().select(user_api="blas")
+            except Exception:               # not installed, or it cannot inspect
+                self._blas = False
+        return self._blas or None
+
+    def _row_chunks(self, n):
+        """[(lo, hi)]: the rows of a batch of n cut into one chunk per thread."""
+        threads = self.recurrent_threads
+        if threads is None:
+            blas = self._blas_threads()
+            threads = 1
+            if blas is not None and blas.lib_controllers:
+                threads = min(max(lib.num_threads for lib in blas.lib_controllers),
+                              _usable_cores())
+        k = max(1, min(int(threads), n // RECURRENT_MIN_ROWS))
+        bounds = [n * i // k for i in range(k + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def _run_row_chunks(self, chunks, run):
+        """``[run(lo, hi) for (lo, hi) in chunks]``, each chunk in its own thread (the
+        first in this one) with BLAS limited to one thread while they run."""
+        if len(chunks) == 1:
+            return [run(*chunks[0])]
+        pid = os.getpid()
+        from concurrent.futures import ThreadPoolExecutor, wait
+        if self._pool is None or self._pool[0] != pid or self._pool[1] < len(chunks) - 1:
+            self._pool = (pid, len(chunks) - 1, ThreadPoolExecutor(
+                len(chunks) - 1, thread_name_prefix="scratchnet-recurrence"))
+        pool = self._pool[2]
+        blas = self._blas_threads()
+        limit = blas.limit(limits=1) if blas is not None else contextlib.nullcontext()
+        with limit:
+            futures = [pool.submit(run, lo, hi) for lo, hi in chunks[1:]]
+            try:
+                first = run(*chunks[0])
+            finally:
+                wait(futures)
+            return [first] + [f.result() for f in futures]
+
+    def _sequence_target(self, h_last, return_sequences):
+        """(Hout, t_out of step t): the (N, T, H) output, or a stand-in with no writes."""
+        n, H = h_last.shape
+        if return_sequences:
+            return lambda T: numpy.empty((n, T, H), h_last.dtype), lambda t: t
+        return lambda T: h_last.reshape(n, 1, H), lambda t: -1
+
+    def _output_grad(self, ctx, dH):
+        """dH as the kernels read it, (N, T_out, H), and t_in of step t."""
+        n, T, H = ctx.dims
+        check_like_forward("dH", dH, ctx.output_shape(), ctx.dtype)
+        dH = numpy.ascontiguousarray(dH)
+        if ctx.return_sequences:
+            return dH, lambda t: t
+        return dH.reshape(n, 1, H), lambda t: 0 if t == T - 1 else -1
+
+    @staticmethod
+    def _check_recurrent_weight(name, U, ctx, width):
+        n, T, H = ctx.dims
+        if type(U) is not numpy.ndarray:
+            raise TypeError(f"{name} must be a numpy array, got {type(U).__name__}")
+        if U.dtype != ctx.dtype:
+            raise TypeError(f"{name} must have dtype {ctx.dtype} (that of the forward), "
+                            f"got {U.dtype}")
+        if U.shape != (H, width):
+            raise ValueError(f"{name} must have shape {(H, width)} (that of the forward), "
+                             f"got {U.shape}")
+
+    def _recurrent_start(self, XW, cell, return_sequences):
+        """The arrays every cell's forward fills: Hprev (N, T, H) with Hprev[:, 0] = 0,
+        h_last (N, H), the output Hout and t_out(t)."""
+        n, T, G = XW.shape
+        H = G // {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+        Hprev = numpy.empty((n, T, H), XW.dtype)
+        Hprev[:, 0] = 0
+        h_last = numpy.empty((n, H), XW.dtype)
+        make_out, t_out = self._sequence_target(h_last, return_sequences)
+        return Hprev, h_last, make_out(T), t_out
+
+    @staticmethod
+    def _chunk_weight_grad(Hprev, dZ):
+        """A chunk's part of dU = sum over its rows and steps of h_{t-1}^T dZ_t: one
+        product over the chunk's rows*T rows (h_{-1} = 0 rows add nothing)."""
+        rows = Hprev.shape[0] * Hprev.shape[1]
+        return numpy.matmul(Hprev.reshape(rows, Hprev.shape[2]).T,
+                            dZ.reshape(rows, dZ.shape[2]))
+
+    @staticmethod
+    def _sum_parts(parts):
+        total = parts[0]
+        for part in parts[1:]:
+            total += part
+        return total
+
+    @staticmethod
+    def _norms(sumsq, dtype):
+        """||dL/dh_t|| per step from the chunks' (T,) sums of squares."""
+        return numpy.sqrt(numpy.sum(sumsq, axis=0)).astype(dtype)
+
+    def lstm_forward(self, XW, U, return_sequences):
+        """LSTM over the sequence, PyTorch's equations (see the base class): a fused
+        cell kernel per step between the recurrent products. Returns ``(H_out, ctx)``.
+
+        XW (N, T, 4H), U (H, 4H), float32/float64 of one dtype; anything else
+        goes to the base class. ctx keeps the gates after their non-linearities,
+        c_t and tanh(c_t), time-major (T, N, .), and the previous hidden states
+        (N, T, H) for the one dU product."""
+        dims = recurrent_dims(XW, U, "lstm")
+        if not (dims and _floats(XW, U)):
+            return super().lstm_forward(XW, U, return_sequences)
+        n, T, H = dims
+        dtype = XW.dtype
+        XW, U = numpy.ascontiguousarray(XW), numpy.ascontiguousarray(U)
+        gates = numpy.empty((T, n, 4 * H), dtype)
+        C, tanh_C = numpy.empty((T, n, H), dtype), numpy.empty((T, n, H), dtype)
+        Hprev, h_last, Hout, t_out = self._recurrent_start(XW, "lstm", return_sequences)
+
+        def run(lo, hi):
+            x, hp, hl, ho = XW[lo:hi], Hprev[lo:hi], h_last[lo:hi], Hout[lo:hi]
+            Z = numpy.zeros((hi - lo, 4 * H), dtype)
+            zeros = numpy.zeros((hi - lo, H), dtype)
+            for t in range(T):
+                if t:
+                    numpy.matmul(hp[:, t], U, out=Z)
+                self._run("lstm_cell_forward", dtype, x, t, Z,
+                          C[t - 1, lo:hi] if t else zeros, gates[t, lo:hi], C[t, lo:hi],
+                          tanh_C[t, lo:hi], hp, hl, ho, t_out(t))
+
+        self._run_row_chunks(self._row_chunks(n), run)
+        ctx = RecurrentContext(self.name, "lstm", dims, dtype, return_sequences,
+                               {"gates": gates, "C": C, "tanh_C": tanh_C, "Hprev": Hprev})
+        return (Hout if return_sequences else h_last), ctx
+
+    def lstm_backward(self, dH, ctx, U):
+        """``(dXW, dU, dh_norms)`` of ``lstm_forward``: backpropagation through time,
+        a fused cell kernel per step (dL/dh_t, dL/dc_t carried, the four gate
+        derivatives) after the product dZ_{t+1} U^T; dU as one product."""
+        if not (isinstance(ctx, RecurrentContext) and ctx.belongs_to(self, "lstm")):
+            return super().lstm_backward(dH, ctx, U)
+        n, T, H = ctx.dims
+        dtype, a = ctx.dtype, ctx.arrays
+        self._check_recurrent_weight("U", U, ctx, 4 * H)
+        dH3, t_in = self._output_grad(ctx, dH)
+        UT = U.T
+        dXW = numpy.empty((n, T, 4 * H), dtype)
+        gates, C, tanh_C = a["gates"], a["C"], a["tanh_C"]
+
+        def run(lo, hi):
+            dh, dc = numpy.zeros((hi - lo, H), dtype), numpy.zeros((hi - lo, H), dtype)
+            zeros = numpy.zeros((hi - lo, H), dtype)
+            sumsq = numpy.empty(T)
+            g, d = dH3[lo:hi], dXW[lo:hi]
+            for t in range(T - 1, -1, -1):
+                if t < T - 1:
+                    numpy.matmul(d[:, t + 1], UT, out=dh)
+                self._run("lstm_cell_backward", dtype, g, t_in(t), dh, dc, gates[t, lo:hi],
+                          C[t - 1, lo:hi] if t else zeros, tanh_C[t, lo:hi], d, t, sumsq)
+            return sumsq, self._chunk_weight_grad(a["Hprev"][lo:hi], d)
+
+        sumsq, dU = zip(*self._run_row_chunks(self._row_chunks(n), run))
+        return dXW, self._sum_parts(dU), self._norms(sumsq, dtype)
+
+    def gru_forward(self, XW, U, bU, return_sequences):
+        """GRU over the sequence, PyTorch's equations (see the base class), a fused
+        cell kernel per step. XW (N, T, 3H) (with the input bias), U (H, 3H),
+        bU (3H,), one float dtype; anything else goes to the base class."""
+        dims = recurrent_dims(XW, U, "gru", bU)
+        if not (dims and _floats(XW, U, bU)):
+            return super().gru_forward(XW, U, bU, return_sequences)
+        n, T, H = dims
+        dtype = XW.dtype
+        XW, U, bU = (numpy.ascontiguousarray(x) for x in (XW, U, bU))
+        gates = numpy.empty((T, n, 3 * H), dtype)
+        hUn = numpy.empty((T, n, H), dtype)
+        Hprev, h_last, Hout, t_out = self._recurrent_start(XW, "gru", return_sequences)
+
+        def run(lo, hi):
+            x, hp, hl, ho = XW[lo:hi], Hprev[lo:hi], h_last[lo:hi], Hout[lo:hi]
+            Z = numpy.zeros((hi - lo, 3 * H), dtype)
+            for t in range(T):
+                if t:
+                    numpy.matmul(hp[:, t], U, out=Z)
+                self._run("gru_cell_forward", dtype, x, t, Z, bU, gates[t, lo:hi],
+                          hUn[t, lo:hi], hp, hl, ho, t_out(t))
+
+        self._run_row_chunks(self._row_chunks(n), run)
+        ctx = RecurrentContext(self.name, "gru", dims, dtype, return_sequences,
+                               {"gates": gates, "hUn": hUn, "Hprev": Hprev})
+        return (Hout if return_sequences else h_last), ctx
+
+    def gru_backward(self, dH, ctx, U):
+        """``(dXW, dU, dbU, dh_norms)`` of ``gru_forward``."""
+        if not (isinstance(ctx, RecurrentContext) and ctx.belongs_to(self, "gru")):
+            return super().gru_backward(dH, ctx, U)
+        n, T, H = ctx.dims
+        dtype, a = ctx.dtype, ctx.arrays
+        self._check_recurrent_weight("U", U, ctx, 3 * H)
+        dH3, t_in = self._output_grad(ctx, dH)
+        UT = U.T
+        dXW = numpy.empty((n, T, 3 * H), dtype)
+        dHU = numpy.empty((n, T, 3 * H), dtype)        # dL/d(h_{t-1} U + bU)
+        gates, hUn, Hprev = a["gates"], a["hUn"], a["Hprev"]
+
+        def run(lo, hi):
+            dh, carry = numpy.zeros((hi - lo, H), dtype), numpy.zeros((hi - lo, H), dtype)
+            db = numpy.zeros(3 * H)
+            sumsq = numpy.empty(T)
+            g, hp, dx, du = dH3[lo:hi], Hprev[lo:hi], dXW[lo:hi], dHU[lo:hi]
+            for t in range(T - 1, -1, -1):
+                if t < T - 1:
+                    numpy.matmul(du[:, t + 1], UT, out=dh)
+                self._run("gru_cell_backward", dtype, g, t_in(t), dh, carry, gates[t, lo:hi],
+                          hUn[t, lo:hi], hp, dx, du, db, t, sumsq)
+            return sumsq, db, self._chunk_weight_grad(hp, du)
+
+        sumsq, db, dU = zip(*self._run_row_chunks(self._row_chunks(n), run))
+        return (dXW, self._sum_parts(dU), numpy.sum(db, axis=0).astype(dtype),
+                self._norms(sumsq, dtype))
+
+    def rnn_forward(self, XW, U, activation, return_sequences):
+        """Elman RNN over the sequence, h_t = f(XW_t + h_{t-1} U), a fused cell
+        kernel per step for f = tanh or relu; any other activation, dtype or
+        shape goes to the base class."""
+        spec = activations.get_activation(activation)  # unknown names raise, as in the base
+        dims = recurrent_dims(XW, U, "rnn")
+        act = _RNN_ACTIVATIONS.get(spec.name)
+        if not (dims and act is not None and _floats(XW, U)):
+            return super().rnn_forward(XW, U, activation, return_sequences)
+        n, T, H = dims
+        dtype = XW.dtype
+        XW, U = numpy.ascontiguousarray(XW), numpy.ascontiguousarray(U)
+        Hprev, h_last, Hout, t_out = self._recurrent_start(XW, "rnn", return_sequences)
+
+        def run(lo, hi):
+            x, hp, hl, ho = XW[lo:hi], Hprev[lo:hi], h_last[lo:hi], Hout[lo:hi]
+            Z = numpy.zeros((hi - lo, H), dtype)
+            for t in range(T):
+                if t:
+                    numpy.matmul(hp[:, t], U, out=Z)
+                self._run("rnn_cell_forward", dtype, x, t, Z, act, hp, hl, ho, t_out(t))
+
+        self._run_row_chunks(self._row_chunks(n), run)
+        ctx = RecurrentContext(self.name, "rnn", dims, dtype, return_sequences,
+                               {"Hprev": Hprev, "h_last": h_last}, activation=act)
+        # h_last stays in ctx (the backward reads h_T from it): hand out a copy
+        return (Hout if return_sequences else h_last.copy()), ctx
+
+    def rnn_backward(self, dH, ctx, U):
+        """``(dXW, dU, dh_norms)`` of ``rnn_forward``."""
+        if not (isinstance(ctx, RecurrentContext) and ctx.belongs_to(self, "rnn")):
+            return super().rnn_backward(dH, ctx, U)
+        n, T, H = ctx.dims
+        dtype, a = ctx.dtype, ctx.arrays
+        self._check_recurrent_weight("U", U, ctx, H)
+        dH3, t_in = self._output_grad(ctx, dH)
+        UT = U.T
+        dXW = numpy.empty((n, T, H), dtype)
+        Hprev, h_last = a["Hprev"], a["h_last"]
+
+        def run(lo, hi):
+            dh = numpy.zeros((hi - lo, H), dtype)
+            sumsq = numpy.empty(T)
+            g, hp, hl, d = dH3[lo:hi], Hprev[lo:hi], h_last[lo:hi], dXW[lo:hi]
+            for t in range(T - 1, -1, -1):
+                if t < T - 1:
+                    numpy.matmul(d[:, t + 1], UT, out=dh)
+                self._run("rnn_cell_backward", dtype, g, t_in(t), dh, ctx.activation, hp, hl,
+                          d, t, sumsq)
+            return sumsq, self._chunk_weight_grad(hp, d)
+
+        sumsq, dU = zip(*self._run_row_chunks(self._row_chunks(n), run))
+        return dXW, self._sum_parts(dU), self._norms(sumsq, dtype)
+
     # ------------------------------------------------------------ reporting
     def warmup(self, dtype="float32"):
         """Compile (or load from the cache) every kernel for ``dtype``; returns seconds.
@@ -605,6 +928,14 @@ class NumbaOps(Ops):
         Y, xhat, _, _, inv_std = self.batchnorm2d_forward(img, b[:2].copy() + 1, b[:2].copy(),
                                                           1e-5)
         self.batchnorm2d_backward(Y, xhat, b[:2].copy() + 1, inv_std)
+        seq = rng.standard_normal((2, 3, 4)).astype(dtype)
+        U = rng.standard_normal((1, 4)).astype(dtype)
+        H, ctx = self.lstm_forward(seq, U, True)
+        self.lstm_backward(H, ctx, U)
+        H, ctx = self.gru_forward(seq[..., :3], U[:, :3], b[:3].copy(), False)
+        self.gru_backward(H, ctx, U[:, :3])
+        H, ctx = self.rnn_forward(seq[..., :1], U[:, :1], "tanh", True)
+        self.rnn_backward(H, ctx, U[:, :1])
         return time.perf_counter() - start
 
     def describe(self):
