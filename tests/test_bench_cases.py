@@ -308,6 +308,72 @@ def test_cnn_per_sample_and_minibatch_make_the_same_update(backend):
         numpy.testing.assert_allclose(host(a), host(b), rtol=1e-4, atol=2e-5)
 
 
+# ----------------------------------------------------------- the reference LSTM
+def test_lstm_registry():
+    full = cases.SIZES["full"]
+    step = cases.lstm_step_cases(full)
+    assert {c.kind for c in step} == {"lstm_step", "lstm_floor"}
+    assert {c.group for c in step} == {"lstm_step-b128"}
+    assert {"torch-cpu", "torch-cuda", "numpy", "numba"} <= {c.impl for c in step}
+    train = cases.lstm_train_cases(full)
+    assert {(c.mode, c.batch_size) for c in train} == {
+        (m, b) for m in ("per_sample", "minibatch") for b in full.lstm_batch_sizes}
+    assert full.lstm_batch == cases.SIZES["quick"].lstm_batch == 128
+    # the step's products: the input projection, T-1 recurrent ones each way,
+    # dU, dW and the Dense layer's three
+    assert len(cases.lstm_gemm_shapes(128)) == 1 + 2 * (cases.LSTM_STEPS - 1) + 2 + 3
+
+
+@pytest.mark.parametrize("case", _params("lstm_step"))
+def test_lstm_step_case_runs(case):
+    prepared = case.prepare()
+    if case.kind == "lstm_floor":
+        products = prepared.run()
+        shapes = cases.lstm_gemm_shapes(TINY.lstm_batch)
+        assert len(products) == len(shapes) == prepared.info["gemms_per_step"]
+        for (a, b, out), (_, sa, sb, _) in zip(products, shapes):
+            assert tuple(a.shape) == sa and tuple(b.shape) == sb
+            numpy.testing.assert_allclose(host(out), host(a) @ host(b), rtol=1e-4, atol=1e-4)
+        return
+    first, second = prepared.run(), prepared.run()
+    assert math.isfinite(first) and math.isfinite(second) and second != first
+    assert prepared.samples == TINY.lstm_batch
+
+
+def test_torch_lstm_is_the_same_model():
+    """The same layers and parameters, but for PyTorch's second LSTM bias (b_hh,
+    which scratchnet's single b stands for with b_ih)."""
+    if cases.torch_unavailable("torch-cpu"):
+        pytest.skip(cases.torch_unavailable("torch-cpu"))
+    tm, sm = cases.make_torch_lstm("cpu"), cases.make_lstm("numpy")
+    h = cases.LSTM_HIDDEN
+    assert sum(p.numel() for p in tm.parameters()) - 4 * h == sm.count_params() == 81_674
+    X, _, _ = cases.make_sequences(3)
+    assert tuple(tm(__import__("torch").from_numpy(X)).shape) == (3, 10)
+    assert sm.predict(X).shape == (3, 10)
+
+
+@pytest.mark.parametrize("case", _params("lstm_train"))
+def test_lstm_train_case_runs(case):
+    prepared = case.prepare()
+    hist = prepared.run()
+    assert prepared.samples == TINY.lstm_slice and math.isfinite(hist.history["loss"][-1])
+
+
+@pytest.mark.parametrize("backend", cases.backend_names())
+def test_lstm_per_sample_and_minibatch_make_the_same_update(backend):
+    why = cases.backend_unavailable(backend)
+    if why:
+        pytest.skip(why)
+    models = []
+    for mode in ("per_sample", "minibatch"):
+        prepared = cases.LstmTrainCase(backend, TINY, mode=mode, batch_size=4).prepare()
+        prepared.run()
+        models.append(prepared.model)
+    for a, b in zip(*(m.parameters() for m in models)):
+        numpy.testing.assert_allclose(host(a), host(b), rtol=1e-4, atol=2e-5)
+
+
 # ---------------------------------------------------------------------- timing
 class _FakeBenchmark:
     """Just what ``time_case`` uses of pytest-benchmark's fixture."""

@@ -23,10 +23,16 @@ The questions, one group family each:
 * ``cnn_step-b<B>`` -- one training step of the reference CNN per backend,
   PyTorch's, and the step's 11 matrix products alone (the GEMM floor);
 * ``cnn_per_sample_vs_minibatch-b<B>`` -- group 1's question for the CNN.
+* ``lstm_step-b<B>`` -- one training step of the reference LSTM (below) per
+  backend, PyTorch's, and the step's matrix products alone (the GEMM floor);
+* ``lstm_per_sample_vs_minibatch-b<B>`` -- group 1's question for the LSTM.
 
 The reference CNN (28x28 grey images, 10 classes): Conv2D(1, 32, 3, padding=1)
 + ReLU, MaxPool2D(2), Conv2D(32, 64, 3, padding=1) + ReLU, MaxPool2D(2),
 Flatten, Dense(3136, 128) + ReLU, Dense(128, 10); softmax-cross-entropy, Adam.
+
+The reference LSTM reads a 28x28 image row by row (28 steps of 28 features):
+LSTM(28, 128), its last step's h to Dense(128, 10); softmax-cross-entropy, Adam.
 
 Sizes: ``SIZES["full"]`` is the real benchmark, ``"quick"`` finishes the
 whole suite in under 3 minutes on 2 cores, ``"tiny"`` is what the tests run.
@@ -87,6 +93,9 @@ class Size:
     cnn_batch: int = 128      # CNN layers and training step: the batch
     cnn_slice: int = 512      # CNN per-sample vs mini-batch: samples per pass
     cnn_batch_sizes: tuple = (1, 8, 32, 128)
+    lstm_batch: int = 128     # LSTM training step: the batch
+    lstm_slice: int = 512     # LSTM per-sample vs mini-batch: sequences per pass
+    lstm_batch_sizes: tuple = (1, 8, 32, 128)
 
     def fused_shape(self, label):
         return self.fused_shapes[label]
@@ -103,14 +112,16 @@ SIZES = {
                  epoch_samples=FASHION_TRAIN, epoch_batch_sizes=(32, 128, 512),
                  infer_samples=10_000, infer_batch_sizes=(1, 1024),
                  rounds=5, min_round_s=0.05, case_s=2.0, max_rounds=25,
-                 cnn_batch=128, cnn_slice=512, cnn_batch_sizes=(1, 8, 32, 128)),
+                 cnn_batch=128, cnn_slice=512, cnn_batch_sizes=(1, 8, 32, 128),
+                 lstm_batch=128, lstm_slice=512, lstm_batch_sizes=(1, 8, 32, 128)),
     "quick": Size("quick", train_slice=4096, per_sample_slice=512,
                   batch_sizes=(1, 32, 512),
                   fused_shapes={_label(s): s for s in FUSED_SHAPES},
                   epoch_samples=4096, epoch_batch_sizes=(32, 128, 512),
                   infer_samples=2048, infer_batch_sizes=(1, 1024),
                   rounds=3, min_round_s=0.01, case_s=0.3, max_rounds=11,
-                  cnn_batch=32, cnn_slice=64, cnn_batch_sizes=(1, 32)),
+                  cnn_batch=32, cnn_slice=64, cnn_batch_sizes=(1, 32),
+                  lstm_batch=128, lstm_slice=64, lstm_batch_sizes=(1, 32)),
     "tiny": Size("tiny", train_slice=48, per_sample_slice=48,
                  batch_sizes=(1, 8, 32, 128, 512, 2048),
                  fused_shapes={"128x256": (5, 256), "128x128": (5, 128), "128x10": (5, 10),
@@ -118,7 +129,8 @@ SIZES = {
                  epoch_samples=200, epoch_batch_sizes=(32, 128, 512),
                  infer_samples=40, infer_batch_sizes=(1, 1024),
                  rounds=1, min_round_s=0.0,
-                 cnn_batch=4, cnn_slice=8, cnn_batch_sizes=(1, 4)),
+                 cnn_batch=4, cnn_slice=8, cnn_batch_sizes=(1, 4),
+                 lstm_batch=4, lstm_slice=8, lstm_batch_sizes=(1, 4)),
 }
 
 
@@ -1051,6 +1063,47 @@ def cnn_gemm_shapes(batch):
             ("dense2.dX", (batch, 10), (10, 128), "b")]
 
 
+def gemm_floor(impl, shapes, info, samples):
+    """A ``Prepared`` running the products ``shapes`` (as ``cnn_gemm_shapes`` gives
+    them) through ``impl``'s matmul into preallocated outputs, random float32 inputs."""
+    rng = numpy.random.default_rng(0)
+    if impl in TORCH_IMPLS:
+        import torch
+        torch.set_num_threads(torch_threads())
+        device = _torch_device(impl)
+
+        def conv(a):
+            return torch.from_numpy(a).to(device)
+
+        def mm(a, b, out):
+            return torch.matmul(a, b, out=out)
+
+        def empty(shape):
+            return torch.empty(shape, device=device)
+
+        def sync():
+            _torch_sync(device)
+    else:
+        ops = _ops(impl)
+        conv, mm, sync = ops.asarray, ops.matmul, ops.synchronize
+
+        def empty(shape):
+            return ops.empty(shape)
+    products = []
+    for _, sa, sb, trans in shapes:
+        a = conv(rng.standard_normal(sa[::-1] if "a" in trans else sa).astype(numpy.float32))
+        b = conv(rng.standard_normal(sb[::-1] if "b" in trans else sb).astype(numpy.float32))
+        products.append((a.T if "a" in trans else a, b.T if "b" in trans else b,
+                         empty((sa[0], sb[1]))))
+
+    def run():
+        for a, b, out in products:
+            mm(a, b, out)
+        sync()
+        return products
+    return Prepared(run, info, samples)
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class CnnFloorCase(Case):
     """The reference CNN step's 11 matrix products alone (``cnn_gemm_shapes``),
@@ -1070,42 +1123,8 @@ class CnnFloorCase(Case):
         return {"batch_size": self.size.cnn_batch, "gemms_per_step": 11}
 
     def prepare(self):
-        rng = numpy.random.default_rng(0)
-        if self.impl in TORCH_IMPLS:
-            import torch
-            torch.set_num_threads(torch_threads())
-            device = _torch_device(self.impl)
-
-            def conv(a):
-                return torch.from_numpy(a).to(device)
-
-            def mm(a, b, out):
-                return torch.matmul(a, b, out=out)
-
-            def empty(shape):
-                return torch.empty(shape, device=device)
-
-            def sync():
-                _torch_sync(device)
-        else:
-            ops = _ops(self.impl)
-            conv, mm, sync = ops.asarray, ops.matmul, ops.synchronize
-
-            def empty(shape):
-                return ops.empty(shape)
-        products = []
-        for _, sa, sb, trans in cnn_gemm_shapes(self.size.cnn_batch):
-            a = conv(rng.standard_normal(sa[::-1] if "a" in trans else sa).astype(numpy.float32))
-            b = conv(rng.standard_normal(sb[::-1] if "b" in trans else sb).astype(numpy.float32))
-            products.append((a.T if "a" in trans else a, b.T if "b" in trans else b,
-                             empty((sa[0], sb[1]))))
-
-        def run():
-            for a, b, out in products:
-                mm(a, b, out)
-            sync()
-            return products
-        return Prepared(run, self.info(), self.size.cnn_batch)
+        return gemm_floor(self.impl, cnn_gemm_shapes(self.size.cnn_batch), self.info(),
+                          self.size.cnn_batch)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -1163,6 +1182,189 @@ def cnn_train_cases(size):
             for bs in size.cnn_batch_sizes for m in ("per_sample", "minibatch")]
 
 
+# --------------------------------------------------------------- the reference LSTM
+#: The reference LSTM reads a 28x28 image row by row: 28 steps of 28 features,
+#: LSTM(28, 128) (the last step's h), Dense(128, 10); softmax-cross-entropy, Adam.
+LSTM_STEPS, LSTM_FEATURES, LSTM_HIDDEN = 28, 28, 128
+LSTM_LR = 1e-3
+
+
+def make_lstm(backend="numpy", seed=0, dtype="float32"):
+    """The reference LSTM: PyTorch's initialisation (uniform(-1/sqrt(H), 1/sqrt(H)))."""
+    from .. import LSTM, Dense, Sequential
+    return Sequential([LSTM(LSTM_FEATURES, LSTM_HIDDEN), Dense(LSTM_HIDDEN, N_CLASSES)],
+                      seed=seed, dtype=dtype, backend=backend)
+
+
+def make_torch_lstm(device="cpu", seed=0):
+    """The same network in PyTorch (nn.LSTM, batch first, its default
+    initialisation, then nn.Linear on the last step's output), eager."""
+    import torch
+    from torch import nn
+    torch.set_num_threads(torch_threads())
+    torch.manual_seed(seed)
+
+    class LastStep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(LSTM_FEATURES, LSTM_HIDDEN, batch_first=True)
+            self.fc = nn.Linear(LSTM_HIDDEN, N_CLASSES)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x)[0][:, -1])
+    return LastStep().to(device)
+
+
+def make_sequences(n, split="train", seed=0, source="auto"):
+    """``(X, y, source)`` as ``make_data``, X as (n, 28, 28) sequences: an image's rows."""
+    X, y, src = make_data(n, split, seed, source)
+    return numpy.ascontiguousarray(X).reshape(n, LSTM_STEPS, LSTM_FEATURES), y, src
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LstmStepCase(Case):
+    """One training step of the reference LSTM (Adam 1e-3) at ``size.lstm_batch``:
+    forward, loss, backward (no input gradient), update."""
+
+    kind = "lstm_step"
+
+    @property
+    def group(self):
+        return f"lstm_step-b{self.size.lstm_batch}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-lstm_step-b{self.size.lstm_batch}"
+
+    def params(self):
+        return {"batch_size": self.size.lstm_batch, "steps": LSTM_STEPS,
+                "hidden": LSTM_HIDDEN, "optimizer": "adam", "lr": LSTM_LR}
+
+    def prepare(self):
+        X, y, src = make_sequences(self.size.lstm_batch)
+        info = {**self.info(), "data": src}
+        if self.impl in TORCH_IMPLS:
+            import torch
+            device = _torch_device(self.impl)
+            model = make_torch_lstm(device)
+            opt = torch.optim.Adam(model.parameters(), lr=LSTM_LR)
+            loss_fn = torch.nn.CrossEntropyLoss()
+            Xd, yd = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+            info["threads"] = torch.get_num_threads()
+
+            def run():
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(Xd), yd)
+                loss.backward()
+                opt.step()
+                _torch_sync(device)
+                return float(loss.detach())
+            return Prepared(run, info, len(X), model, (Xd, yd))
+        from ..optimizers import Adam
+        from ..training import MatrixStep
+        ops = _ops(self.impl)
+        model = make_lstm(self.impl)
+        step = MatrixStep(model, make_loss())
+        opt = Adam(LSTM_LR)
+        Xd, yd = ops.asarray(X), ops.asarray(y)
+
+        def run():
+            loss, _ = step(Xd, yd)
+            opt.step(model)
+            ops.synchronize()
+            return float(ops.to_host(loss))
+        return Prepared(run, info, len(X), model, (Xd, yd))
+
+
+def lstm_gemm_shapes(batch, steps=LSTM_STEPS):
+    """The reference LSTM step's products ``(a, b)`` as the Numba backend runs
+    them: (name, a shape, b shape, whether a and b are transposed views). The
+    recurrence has steps-1 products each way (h_0 = 0 needs none, nor does
+    dL/dh_0); dU and dW are one product each over all batch*steps rows; the
+    first layer needs no input gradient."""
+    rows, f, h, g = batch * steps, LSTM_FEATURES, LSTM_HIDDEN, 4 * LSTM_HIDDEN
+    return ([("input", (rows, f), (f, g), "")]
+            + [(f"h{t}.U", (batch, h), (h, g), "") for t in range(1, steps)]
+            + [(f"dZ{t}.UT", (batch, g), (g, h), "b") for t in range(1, steps)]
+            + [("dU", (h, rows), (rows, g), "a"), ("dW", (f, rows), (rows, g), "a"),
+               ("dense", (batch, h), (h, N_CLASSES), ""),
+               ("dense.dW", (h, batch), (batch, N_CLASSES), "a"),
+               ("dense.dX", (batch, N_CLASSES), (N_CLASSES, h), "b")])
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LstmFloorCase(Case):
+    """The reference LSTM step's matrix products alone (``lstm_gemm_shapes``),
+    through the implementation's matmul into preallocated outputs."""
+
+    kind = "lstm_floor"
+
+    @property
+    def group(self):
+        return f"lstm_step-b{self.size.lstm_batch}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-lstm_gemm_floor-b{self.size.lstm_batch}"
+
+    def params(self):
+        return {"batch_size": self.size.lstm_batch,
+                "gemms_per_step": len(lstm_gemm_shapes(self.size.lstm_batch))}
+
+    def prepare(self):
+        return gemm_floor(self.impl, lstm_gemm_shapes(self.size.lstm_batch), self.info(),
+                          self.size.lstm_batch)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LstmTrainCase(Case):
+    """Group 1's question for the LSTM: one pass of ``fit`` over ``size.lstm_slice``
+    sequences, per sample or as a mini-batch, SGD(0.01)."""
+
+    kind = "lstm_train"
+    mode: str = "minibatch"
+    batch_size: int = 32
+
+    @property
+    def group(self):
+        return f"lstm_per_sample_vs_minibatch-b{self.batch_size}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-lstm-{self.mode}-b{self.batch_size}"
+
+    def params(self):
+        return {"mode": self.mode, "batch_size": self.batch_size, "optimizer": "sgd",
+                "lr": TRAIN_LR}
+
+    def prepare(self):
+        ops = _ops(self.impl)
+        X, y, src = make_sequences(self.size.lstm_slice)
+        model = make_lstm(self.impl)
+        Xd, yd = ops.asarray(X), ops.asarray(y)
+        loss, opt = make_loss(), make_optimizer("sgd", TRAIN_LR)
+
+        def run():
+            hist = model.fit(Xd, yd, loss=loss, optimizer=opt, epochs=1,
+                             batch_size=self.batch_size, mode=self.mode)
+            ops.synchronize()
+            return hist
+        return Prepared(run, {**self.info(), "data": src}, len(X), model, (Xd, yd))
+
+
+def lstm_step_cases(size):
+    size = get_size(size)
+    impls = [*backend_names(), *TORCH_IMPLS]
+    return ([LstmStepCase(impl, size) for impl in impls]
+            + [LstmFloorCase(impl, size) for impl in impls])
+
+
+def lstm_train_cases(size):
+    size = get_size(size)
+    return [LstmTrainCase(b, size, mode=m, batch_size=bs) for b in backend_names()
+            for bs in size.lstm_batch_sizes for m in ("per_sample", "minibatch")]
+
+
 # -------------------------------------------------------------------- registry
 def training_cases(size):
     size = get_size(size)
@@ -1207,6 +1409,8 @@ REGISTRY = {
     "cnn_layer": cnn_layer_cases,
     "cnn_step": cnn_step_cases,
     "cnn_train": cnn_train_cases,
+    "lstm_step": lstm_step_cases,
+    "lstm_train": lstm_train_cases,
 }
 
 
