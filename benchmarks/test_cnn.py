@@ -7,6 +7,7 @@ convolution kernels buy, against PyTorch and against the GEMM floor.
   step's 11 matrix products alone;
 * ``cnn_per_sample_vs_minibatch-b<B>``: one pass of ``fit`` over a slice of
   images, the per-sample loop against matrix backprop.
+* ``cnn_inference-b<B>``: ``predict`` over the test images at batch 1,024.
 """
 
 
@@ -20,3 +21,7 @@ def test_cnn_step(cnn_step_case, measure):
 
 def test_cnn_per_sample_vs_minibatch(cnn_train_case, measure):
     measure(cnn_train_case)
+
+
+def test_cnn_inference(cnn_inference_case, measure):
+    measure(cnn_inference_case)

@@ -57,6 +57,14 @@ OPTION_APPLIES_TO = {"momentum": ("momentum", "nesterov", "rmsprop")}
 CNN_DEFAULT_CONV = "32,64"
 CNN_DEFAULT_HIDDEN = "128"
 IMAGE_SIDE = {"digits": 8, "fashion-mnist": 28, "mnist": 28}
+#: Per-model defaults for options left unset (models not listed take "mlp"'s):
+#: --model cnn trains with BatchNorm2D after each convolution (and BatchNorm
+#: after the dense layer), dropout after it, a cosine schedule, on the whole
+#: training set -- 0.92+ on Fashion-MNIST in 10 epochs (README, Results).
+MODEL_DEFAULTS = {
+    "mlp": {"batchnorm": False, "dropout": 0.0, "schedule": "constant", "val_split": 0.1},
+    "cnn": {"batchnorm": True, "dropout": 0.3, "schedule": "cosine", "val_split": 0.0},
+}
 
 
 class UsageError(Exception):
@@ -91,8 +99,9 @@ def build_parser():
                    help="weight decay: an L2 term, decoupled for adamw (default: %(default)s)")
     t.add_argument("--clip-grad-norm", type=float, default=None, metavar="C",
                    help="clip the global gradient norm to C before each update (default: off)")
-    t.add_argument("--schedule", choices=("constant", "cosine", "step"), default="constant",
-                   help="learning-rate schedule over the epochs (default: %(default)s)")
+    t.add_argument("--schedule", choices=("constant", "cosine", "step"), default=None,
+                   help=f"learning-rate schedule over the epochs "
+                        f"(default: {_per_model('schedule')})")
     t.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
     t.add_argument("--diagnostics", metavar="DIR",
                    help="record per-layer statistics; write plots and a summary to DIR")
@@ -133,6 +142,27 @@ def _per_dataset(key):
     return ", ".join(f"{value} for {' and '.join(names)}" for value, names in groups.items())
 
 
+def _per_model(key, show=str):
+    """'0.1; 0.0 for cnn': a default that depends on --model."""
+    base = MODEL_DEFAULTS["mlp"][key]
+    rest = [f"{show(d[key])} for {m}" for m, d in MODEL_DEFAULTS.items()
+            if d[key] != base]
+    return "; ".join([show(base), *rest])
+
+
+def apply_model_defaults(args):
+    """Fill the options left unset (None) from MODEL_DEFAULTS for --model; no
+    BatchNorm by default with --mode per_sample (one sample has no batch statistics)."""
+    model = getattr(args, "model", None)
+    if model is None:
+        return
+    for key, value in MODEL_DEFAULTS.get(model, MODEL_DEFAULTS["mlp"]).items():
+        if key == "batchnorm" and getattr(args, "mode", None) == "per_sample":
+            value = False
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def _add_data_and_model_options(p):
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="(default: digits); fortunes (text) is the data of --model charlm, "
@@ -168,14 +198,16 @@ def _add_data_and_model_options(p):
                    help="(default: %(default)s)")
     p.add_argument("--init", choices=("he", "xavier", "normal"), default=None,
                    help="weight init (default: he for relu-like, xavier otherwise)")
-    p.add_argument("--dropout", type=float, default=0.0,
-                   help="dropout after each hidden layer (default: %(default)s)")
-    p.add_argument("--batchnorm", action="store_true",
-                   help="BatchNorm after each hidden Dense (and BatchNorm2D after each "
-                        "convolution with --model cnn)")
-    p.add_argument("--val-split", type=float, default=0.1,
-                   help="fraction of the training set held out for validation, 0 for none "
-                        "(default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help=f"dropout after each hidden layer (default: {_per_model('dropout')})")
+    p.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm after each hidden Dense and, for a cnn, BatchNorm2D after "
+                        "each convolution (default: " +
+                        _per_model("batchnorm", lambda on: "on" if on else "off") +
+                        " unless per_sample)")
+    p.add_argument("--val-split", type=float, default=None,
+                   help=f"fraction of the training set held out for validation, 0 for none "
+                        f"(default: {_per_model('val_split')})")
     p.add_argument("--seed", type=int, default=0,
                    help="weights, data order, dropout and the validation split "
                         "(default: %(default)s)")
@@ -312,6 +344,7 @@ def check_arguments(args):
     """Every check that needs no data, run before anything is loaded or trained:
     a run must not fail at its end on an option it could have refused at once."""
     check_sequence_arguments(args)
+    apply_model_defaults(args)
     for opt in ("epochs", "batch_size"):
         value = getattr(args, opt, None)
         if value is not None and (value < 0 or (opt == "batch_size" and value == 0)):

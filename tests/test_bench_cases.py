@@ -287,6 +287,15 @@ def test_torch_cnn_is_the_same_model():
     assert [tuple(p.shape) for p in tm.parameters()][:2] == [(32, 1, 3, 3), (32,)]
 
 
+@pytest.mark.parametrize("case", _params("cnn_inference"))
+def test_cnn_inference_case_runs(case):
+    prepared = case.prepare()
+    out = host(prepared.run())
+    assert case.batch_size == 1024 and case.group == "cnn_inference-b1024"
+    assert out.shape == (TINY.infer_samples, 10) and numpy.isfinite(out).all()
+    assert prepared.samples == TINY.infer_samples
+
+
 @pytest.mark.parametrize("case", _params("cnn_train"))
 def test_cnn_train_case_runs(case):
     prepared = case.prepare()

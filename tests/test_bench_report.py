@@ -295,6 +295,8 @@ def test_cnn_section_from_its_cases():
         b(0.001, kind="cnn_layer", impl="numba", layer="pool1", direction="backward"),
         b(2.0, kind="cnn_train", impl="numba", mode="per_sample", batch_size=32, samples=512),
         b(0.5, kind="cnn_train", impl="numba", mode="minibatch", batch_size=32, samples=512),
+        b(0.3, kind="cnn_inference", impl="numba", batch_size=1024, samples=10_000),
+        b(0.6, kind="cnn_inference", impl="torch-cpu", batch_size=1024, samples=10_000),
     ]}
     md = report.render_markdown(raw)
     assert "## 6. The reference CNN" in md
@@ -309,4 +311,9 @@ def test_cnn_section_from_its_cases():
     close(layers[1]["÷ PyTorch CPU"], 0.25)
     ps = tables_after(md, "### Per-sample vs mini-batch")
     close(ps[0]["mini-batch speed-up"], 4.0)
+    inf = tables_after(md, "### Inference")
+    numba_inf = next(r for r in inf if r["implementation"] == "numba")
+    close(numba_inf["µs/sample"], 30.0)
+    close(numba_inf["÷ PyTorch CPU"], 0.5)
+    assert "## 4. Inference" not in md          # the MLP's inference table stays empty
     assert "## 1. Per-sample" not in md          # the MLP's table stays empty

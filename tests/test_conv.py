@@ -604,15 +604,31 @@ def test_cli_trains_a_cnn(capsys, tmp_path):
     code, out, err = run_cli(capsys, "train", "--model", "cnn", "--dataset", "digits", "--conv",
                              "8,16", "--epochs", "2", "--backend", "numpy", "--save", str(path))
     assert code == 0, err
-    assert "digits: 1293 train / 144 validation / 360 test, 1x8x8 images, 10 classes" in out
+    # --model cnn's defaults: BatchNorm2D, dropout after the dense layer, a
+    # cosine schedule, no validation split
+    assert "digits: 1437 train / 360 test, 1x8x8 images, 10 classes" in out
+    assert "schedule cosine" in out
     assert "(N, 16, 2, 2)" in out and "epoch 2/2" in err
     line = [x for x in out.splitlines() if x.startswith("test accuracy")][0]
     assert float(line.split()[2]) > 0.3
     model = sn.load(path)
     assert [type(x).__name__ for x in model.layers] == [
+        "Conv2D", "BatchNorm2D", "ReLU", "MaxPool2D", "Conv2D", "BatchNorm2D", "ReLU",
+        "MaxPool2D", "Flatten", "Dense", "BatchNorm", "ReLU", "Dropout", "Dense"]
+    assert model.layers[4].W.shape == (16, 8, 3, 3) and model.layers[9].W.shape == (64, 128)
+    assert model.layers[12].p == 0.3
+
+
+def test_cli_cnn_reference_network(capsys, tmp_path):
+    """--no-batchnorm --dropout 0 builds the reference CNN: no BatchNorm, no Dropout."""
+    path = tmp_path / "cnn.npz"
+    code, out, err = run_cli(capsys, "train", "--model", "cnn", "--no-batchnorm", "--dropout",
+                             "0", "--schedule", "constant", "--epochs", "0", "--backend",
+                             "numpy", "--quiet", "--save", str(path))
+    assert code == 0, err
+    assert [type(x).__name__ for x in sn.load(path).layers] == [
         "Conv2D", "ReLU", "MaxPool2D", "Conv2D", "ReLU", "MaxPool2D", "Flatten", "Dense", "ReLU",
         "Dense"]
-    assert model.layers[3].W.shape == (16, 8, 3, 3) and model.layers[7].W.shape == (64, 128)
 
 
 def test_cli_cnn_options(capsys, tmp_path):

@@ -23,6 +23,7 @@ The questions, one group family each:
 * ``cnn_step-b<B>`` -- one training step of the reference CNN per backend,
   PyTorch's, and the step's 11 matrix products alone (the GEMM floor);
 * ``cnn_per_sample_vs_minibatch-b<B>`` -- group 1's question for the CNN.
+* ``cnn_inference-b<B>`` -- group 3's question for the CNN (B = 1,024).
 * ``lstm_step-b<B>`` -- one training step of the reference LSTM (below) per
   backend, PyTorch's, and the step's matrix products alone (the GEMM floor);
 * ``lstm_per_sample_vs_minibatch-b<B>`` -- group 1's question for the LSTM.
@@ -1163,6 +1164,47 @@ class CnnTrainCase(Case):
         return Prepared(run, {**self.info(), "data": src}, len(X), model, (Xd, yd))
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
+class CnnInferenceCase(InferenceCase):
+    """Group 3's question for the reference CNN: ``predict`` over the test
+    images, as (N, 1, 28, 28), at a batch size."""
+
+    kind = "cnn_inference"
+    batch_size: int = 1024
+
+    @property
+    def group(self):
+        return f"cnn_inference-b{self.batch_size}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-cnn-predict-b{self.batch_size}"
+
+    def prepare(self):
+        X, _, src = make_images(self.size.infer_samples, "test")
+        info = {**self.info(), "data": src}
+        bs = self.batch_size
+        if self.impl in TORCH_IMPLS:
+            import torch
+            device = _torch_device(self.impl)
+            model = make_torch_cnn(device).eval()
+            Xd = torch.from_numpy(X).to(device)
+            info["threads"] = torch.get_num_threads()
+
+            def run():
+                with torch.inference_mode():
+                    outs = [model(Xd[i:i + bs]) for i in range(0, len(X), bs)]
+                    return torch.cat(outs).cpu().numpy()
+            return Prepared(run, info, len(X), model, (Xd,))
+        ops = _ops(self.impl)
+        model = make_cnn(self.impl)
+        Xd = ops.asarray(X)
+
+        def run():
+            return model.predict(Xd, batch_size=bs)   # returns host arrays: synchronised
+        return Prepared(run, info, len(X), model, (Xd,))
+
+
 def cnn_layer_cases(size):
     size = get_size(size)
     return [CnnLayerCase(impl, size, layer=layer, direction=d) for layer in CNN_LAYERS
@@ -1180,6 +1222,13 @@ def cnn_train_cases(size):
     size = get_size(size)
     return [CnnTrainCase(b, size, mode=m, batch_size=bs) for b in backend_names()
             for bs in size.cnn_batch_sizes for m in ("per_sample", "minibatch")]
+
+
+def cnn_inference_cases(size):
+    """The CNN's inference at the largest inference batch size (1,024)."""
+    size = get_size(size)
+    return [CnnInferenceCase(impl, size, batch_size=max(size.infer_batch_sizes))
+            for impl in [*backend_names(), *TORCH_IMPLS]]
 
 
 # --------------------------------------------------------------- the reference LSTM
@@ -1409,6 +1458,7 @@ REGISTRY = {
     "cnn_layer": cnn_layer_cases,
     "cnn_step": cnn_step_cases,
     "cnn_train": cnn_train_cases,
+    "cnn_inference": cnn_inference_cases,
     "lstm_step": lstm_step_cases,
     "lstm_train": lstm_train_cases,
 }

@@ -330,8 +330,10 @@ def epoch_table(results):
     return rows, floor_rows
 
 
-def inference_table(results):
-    inf = {(r.info.get("batch_size"), r.impl): r for r in results if r.kind == "inference"}
+def inference_table(results, kind="inference"):
+    """Rows of the inference cases of ``kind`` ("inference": the MLP;
+    "cnn_inference": the reference CNN)."""
+    inf = {(r.info.get("batch_size"), r.impl): r for r in results if r.kind == kind}
     rows = []
     for bs, impl in sorted(inf, key=lambda k: (k[0], _impl_order(k[1]))):
         r = inf[(bs, impl)]
@@ -596,7 +598,8 @@ def render_markdown(raw, plots=None, plot_note=None):
                             for r in comp]), ""]
     steps, layers = cnn_tables(results)
     cnn_ps = per_sample_table(results, kind="cnn_train")
-    if steps or layers or cnn_ps:
+    cnn_inf = inference_table(results, kind="cnn_inference")
+    if steps or layers or cnn_ps or cnn_inf:
         lines += ["## 6. The reference CNN", "",
                   "Conv2D(1, 32, 3, padding=1) + ReLU, MaxPool2D(2), Conv2D(32, 64, 3, "
                   "padding=1) + ReLU, MaxPool2D(2), Flatten, Dense(3136, 128) + ReLU, "
@@ -629,6 +632,16 @@ def render_markdown(raw, plots=None, plot_note=None):
                              fmt_rate(r["ps_sps"]), fmt_time(r["mb_median"]),
                              fmt_rate(r["mb_sps"]), fmt_ratio(r["speedup"], "×"))
                             for r in cnn_ps]), ""]
+    if cnn_inf:
+        lines += ["### Inference", "",
+                  "`predict` (forward pass, outputs back on the host) over the test images.", "",
+                  md_table(["batch size", "implementation", "median per pass", "samples",
+                            "µs/sample", "÷ PyTorch CPU", "÷ numpy"],
+                           [(r["batch"], _impl_name(r["impl"]), fmt_time(r["median"]),
+                             f"{r['samples']:,}" if r["samples"] else "—",
+                             f"{r['us_per_sample']:.2f}" if r["us_per_sample"] else "—",
+                             fmt_ratio(r["vs_torch"]), fmt_ratio(r["vs_numpy"]))
+                            for r in cnn_inf]), ""]
     if plots:
         lines += ["## Plots", ""]
         for p in plots:
