@@ -10,7 +10,8 @@ or CuPy on a CUDA GPU -- so the same model trains unchanged on any of them::
     hist = model.fit(X, y, loss=sn.SoftmaxCrossEntropy(), optimizer=sn.Adam(1e-3),
                      epochs=10, batch_size=128)
 
-``import scratchnet`` imports neither numba nor cupy: backends load on demand.
+``import scratchnet`` imports neither numba, cupy nor mpi4py: backends load on
+demand, MPI only when ``scratchnet.distributed.init()`` finds a launcher.
 """
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ from .backends import (BackendUnavailableError, available_backends, get_backend,
                        use_backend)
 from .gradcheck import GradCheckResult, gradcheck
 from . import training
+from . import distributed
 from .conv import AvgPool2D, BatchNorm2D, Conv2D, GlobalAvgPool2D, MaxPool2D
 from .recurrent import GRU, LSTM, RNN, Embedding
 from .layers import (Activation, BatchNorm, Dense, Dropout, Flatten, Layer, LeakyReLU, ReLU,
@@ -39,7 +41,7 @@ __all__ = [
     "Loss", "SoftmaxCrossEntropy", "CrossEntropy", "BinaryCrossEntropy",
     "BinaryCrossEntropyWithLogits", "BCEWithLogits", "MSE",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get_optimizer",
-    "Callback", "clip_grad_norm", "training",
+    "Callback", "clip_grad_norm", "training", "distributed",
     "set_backend", "use_backend", "get_backend", "available_backends",
     "BackendUnavailableError", "gradcheck", "GradCheckResult", "load", "datasets", "schedules",
 ]

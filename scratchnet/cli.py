@@ -1,5 +1,9 @@
 """The ``scratchnet`` command: ``train``, ``compare``, ``info``, ``bench`` and ``sample``.
 
+``mpiexec -n N scratchnet train ...`` trains data-parallel on N ranks
+(``scratchnet.distributed``): ``--batch-size`` is per rank, rank 0 prints,
+saves and writes checkpoints and diagnostics.
+
 Errors a user can cause (bad option, unusable backend, missing data, a
 diverging run) print one line and exit with status 2 -- no traceback
 (``SCRATCHNET_DEBUG=1`` shows it).
@@ -103,6 +107,15 @@ def build_parser():
                    help=f"learning-rate schedule over the epochs "
                         f"(default: {_per_model('schedule')})")
     t.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
+    t.add_argument("--checkpoint", metavar="PATH",
+                   help="write a checkpoint (model, optimizer state, generators, epochs done) "
+                        "after every epoch, atomically; '{epoch}' in PATH keeps one per epoch")
+    t.add_argument("--resume", metavar="PATH",
+                   help="continue from a --checkpoint file: the same options then give the "
+                        "trajectory of an uninterrupted run (--epochs counts every epoch)")
+    t.add_argument("--threads", type=int, metavar="N",
+                   help="BLAS/Numba threads per process (default: unchanged for one process; "
+                        "cores // ranks per node under mpiexec)")
     t.add_argument("--diagnostics", metavar="DIR",
                    help="record per-layer statistics; write plots and a summary to DIR")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -363,11 +376,19 @@ def check_arguments(args):
         if getattr(args, option, None) is not None and optimizer not in optimizers:
             raise UsageError(f"--{option} applies to --optimizer {' or '.join(optimizers)}, "
                              f"not {optimizer}")
-    outputs = {"save": "file", "diagnostics": "folder", "out": "folder"}
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    resume = getattr(args, "resume", None)
+    if resume is not None and not os.path.isfile(resume):
+        raise UsageError(f"--resume: no checkpoint file at {resume!r}")
+    outputs = {"save": "file", "checkpoint": "file", "diagnostics": "folder", "out": "folder"}
     for option, kind in outputs.items():
         path = getattr(args, option, None)
         if path is None:
             continue
+        if option == "checkpoint":
+            path = path.replace("{epoch}", "1")
         try:
             (check_file_target if kind == "file" else check_folder_target)(path)
         except (OSError, ValueError) as err:
@@ -485,33 +506,87 @@ def _model_input(X):
 
 # -- commands -------------------------------------------------------------------
 
+def _silent(*args, **kwargs):
+    pass
+
+
+def _resume(args, ops, opt, schedule):
+    """``(model, optimizer, epochs done)`` from --resume's checkpoint; the
+    command line must ask for the optimizer the checkpoint was trained with."""
+    from .training import load_checkpoint
+    model, done = load_checkpoint(args.resume, backend=ops)
+    if model.dtype.name != args.dtype:
+        raise UsageError(f"--resume: {args.resume} holds a {model.dtype.name} model, but this "
+                         f"command asks for --dtype {args.dtype}; resume with the options of the "
+                         f"first run")
+    if done >= args.epochs:
+        raise UsageError(f"--resume: {args.resume} is at epoch {done}; --epochs {args.epochs} "
+                         f"leaves nothing to train (--epochs counts every epoch, those done "
+                         f"included)")
+    saved = model.optimizer
+    if saved is None:
+        raise UsageError(f"--resume: {args.resume} holds no optimizer state (write it with "
+                         f"--checkpoint)")
+
+    def hyper(o):
+        return {k: v for k, v in o.get_config().items() if k != "lr"}
+    if type(saved) is not type(opt) or hyper(saved) != hyper(opt):
+        raise UsageError(f"--resume: {args.resume} was trained with {saved!r}, but this "
+                         f"command asks for {opt!r}; resume with the options of the first run")
+    if schedule is None:
+        saved.lr = opt.lr
+    return model, saved, done
+
+
 def cmd_train(args, out=print):
-    from . import schedules
+    from . import distributed, schedules
     from .losses import SoftmaxCrossEntropy
+    from .training import Checkpoint
+    world = distributed.init(threads=args.threads)
+    if not world.is_root:          # rank 0 prints, saves and writes for every rank
+        out = _silent
     ops, (Xtr, ytr), val, (Xte, yte), n_classes = _prepare(args, out)
-    model = build_model(args, _model_input(Xtr), n_classes, ops)
+    if world.launched:
+        distributed.init(backend=ops)       # the gradient communicator (NCCL: one GPU per rank)
     opt = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
     schedule = None
     if args.schedule == "cosine":
         schedule = schedules.cosine(opt.lr, max(args.epochs, 1))
     elif args.schedule == "step":
         schedule = schedules.step(opt.lr, 0.1, max(1, args.epochs // 3))
+    done = 0
+    if args.resume:
+        model, opt, done = _resume(args, ops, opt, schedule)
+        out(f"resumed from {args.resume} after {plural(done, 'epoch')}")
+    else:
+        model = build_model(args, _model_input(Xtr), n_classes, ops)
     if not args.quiet:
         out(model.summary(input_shape=Xtr.shape[1:]))
         out(f"optimizer {opt!r}, schedule {args.schedule}, {plural(args.epochs, 'epoch')}, "
             f"batch size {args.batch_size}, mode {args.mode}")
+        if world.launched:
+            out(f"data-parallel: {world.describe()}; batch size {args.batch_size} per rank, "
+                f"global batch {args.batch_size * world.world_size}")
     loss = SoftmaxCrossEntropy()
+    callbacks = [Checkpoint(args.checkpoint)] if args.checkpoint else []
     t0 = time.perf_counter()
     hist = model.fit(Xtr, ytr, loss=loss, optimizer=opt, epochs=args.epochs,
                      batch_size=args.batch_size, mode=args.mode, validation_data=val,
-                     progress=not args.quiet, lr_schedule=schedule,
-                     diagnostics=bool(args.diagnostics), clip_grad_norm=args.clip_grad_norm)
+                     progress=not args.quiet, lr_schedule=schedule, callbacks=callbacks,
+                     diagnostics=bool(args.diagnostics) and world.is_root,
+                     clip_grad_norm=args.clip_grad_norm, initial_epoch=done,
+                     distributed=world if world.launched else None)
     seconds = time.perf_counter() - t0
     test = model.evaluate(Xte, yte, loss=loss)
+    ranks = f" x {world.world_size} ranks" if world.world_size > 1 else ""
     out(f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
-        f"({plural(args.epochs, 'epoch')} in {seconds:.1f} s on {ops.name})")
+        f"({plural(args.epochs - done, 'epoch')} in {seconds:.1f} s on {ops.name}{ranks})")
     if args.model == "charlm":      # accuracy is per character; the loss is in nats
         out(f"test bits per character {test['loss'] / math.log(2):.4f}")
+    if args.checkpoint:
+        out(f"checkpoint written to {args.checkpoint.replace('{epoch}', str(args.epochs))}")
+    if not world.is_root:
+        return 0
     if args.diagnostics:
         diag = hist.diagnostics
         out(diag.summary())
@@ -567,6 +642,17 @@ def cmd_info(args, out=print):
             out(f"  {name:6} available: {ops.describe()}")
         else:
             out(f"  {name:6} unavailable: {why}")
+    from . import distributed
+    mpi, why = distributed.mpi_status()
+    out(f"MPI: {mpi}" if mpi else f"MPI: unavailable: {why}")
+    launcher = distributed.detect_launcher()
+    if launcher:
+        out(f"  started by {launcher[0]}"
+            + (f" as one of {launcher[1]} processes" if launcher[1] else ""))
+    else:
+        out("  no MPI launcher: one process (mpiexec -n N scratchnet train ... runs N ranks)")
+    nccl, why = distributed.nccl_status()
+    out(f"NCCL: {nccl}" if nccl else f"NCCL: unavailable: {why}")
     return 0
 
 

@@ -416,7 +416,8 @@ class Sequential:
     # -- training -------------------------------------------------------------
     def fit(self, X, y, loss, optimizer, epochs=1, batch_size=32, mode="minibatch",
             validation_data=None, shuffle=True, progress=False, lr_schedule=None,
-            callbacks=None, diagnostics=False, clip_grad_norm=None, grad_hooks=None):
+            callbacks=None, diagnostics=False, clip_grad_norm=None, grad_hooks=None,
+            initial_epoch=0, distributed=None):
         """Train; returns a ``History`` with per-epoch ``loss``, ``accuracy`` and,
         with ``validation_data=(Xv, yv)``, ``val_loss`` and ``val_accuracy``.
 
@@ -440,10 +441,39 @@ class Sequential:
         before it (batch statistics need two rows).
         Data is moved to the backend once; loss and accuracy stay on the
         backend until the end of each epoch.
+        initial_epoch: the epochs already done (a run resumed from a
+        ``training.Checkpoint``): trains epochs initial_epoch .. epochs - 1.
+        distributed: data-parallel training across the processes of an MPI
+        job (``True``, a ``scratchnet.distributed.init()`` world or a
+        ``scratchnet.distributed.DataParallel``): every rank passes the same
+        X, y and settings and trains on its shard of each global batch of
+        ``world_size * batch_size`` rows (``batch_size`` is per rank); the
+        gradients are averaged every step, loss and accuracy are global, and
+        progress and ``root_only`` callbacks run on rank 0. An exception on
+        one rank stops every rank. Without an MPI launcher it is the plain
+        single-process run.
         """
+        if distributed:
+            from .distributed import DataParallel
+            dp = DataParallel.of(distributed)
+            with dp.guard():         # an error on one rank must end every rank
+                return self._fit(X, y, loss, optimizer, epochs, batch_size, mode,
+                                 validation_data, shuffle, progress, lr_schedule, callbacks,
+                                 diagnostics, clip_grad_norm, grad_hooks, initial_epoch, dp)
+        return self._fit(X, y, loss, optimizer, epochs, batch_size, mode, validation_data,
+                         shuffle, progress, lr_schedule, callbacks, diagnostics,
+                         clip_grad_norm, grad_hooks, initial_epoch, None)
+
+    def _fit(self, X, y, loss, optimizer, epochs, batch_size, mode, validation_data, shuffle,
+             progress, lr_schedule, callbacks, diagnostics, clip_grad_norm, grad_hooks,
+             initial_epoch, dp):
         loss = get_loss(loss)
         optimizer = get_optimizer(optimizer)
         epochs = check_positive_int(epochs, "epochs", allow_zero=True)
+        initial_epoch = check_positive_int(initial_epoch, "initial_epoch", allow_zero=True)
+        if initial_epoch > epochs:
+            raise ValueError(f"initial_epoch ({initial_epoch}) is past epochs ({epochs}): "
+                             f"epochs counts every epoch, those already done included")
         batch_size = check_positive_int(batch_size, "batch_size")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -477,14 +507,22 @@ class Sequential:
         if progress:
             callbacks.append(progress if not isinstance(progress, bool) else ProgressBar())
         n = X.shape[0]
-        source = BatchSource(n, n if mode == "full_batch" else batch_size, shuffle=shuffle,
-                             rng=self._data_rng, min_batch=2 if has_bn else 1)
-        trainer = Trainer(self, loss, optimizer, STEPS[mode](self, loss), source,
+        step = STEPS[mode](self, loss)
+        if dp is None:
+            source = BatchSource(n, n if mode == "full_batch" else batch_size, shuffle=shuffle,
+                                 rng=self._data_rng, min_batch=2 if has_bn else 1)
+        else:      # the sharded source, the gradient allreduce first among the hooks
+            source, step, hooks, callbacks = dp.assemble(
+                self, step, n, batch_size, mode, shuffle, 2 if has_bn else 1, hooks, callbacks)
+            dp.start(self, optimizer, X, y, {"batch_size": batch_size, "epochs": epochs,
+                                             "initial_epoch": initial_epoch, "mode": mode,
+                                             "shuffle": bool(shuffle)})
+        trainer = Trainer(self, loss, optimizer, step, source,
                           grad_hooks=hooks, callbacks=callbacks, lr_schedule=lr_schedule,
-                          validation=val)
+                          validation=val, epoch_sync=dp.epoch_sync if dp is not None else None)
         self.optimizer = optimizer
         with self._reusing(True):
-            return trainer.run(X, y, epochs)
+            return trainer.run(X, y, epochs, initial_epoch)
 
     def _check_parameters_finite(self):
         """Refuse to train from non-finite weights (a bad init, a corrupt file,

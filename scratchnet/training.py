@@ -10,12 +10,19 @@ or replaced on its own:
   and ``PerSampleStep`` (the classic loop: one sample at a time, gradients
   summed), side by side, giving the same update.
 * *gradient hooks*, ``hook(model)``, run after backward and before the update
-  (``ClipGradNorm``; a data-parallel allreduce belongs here too).
+  (``ClipGradNorm``; ``distributed.AllreduceGradients``, the data-parallel
+  gradient average).
 * *callbacks*: objects with any of ``on_train_begin(model)``,
   ``on_epoch_begin(model, epoch)``, ``on_batch_end(model, step)``,
   ``on_epoch_end(model, epoch, logs)``, ``on_train_end(model, history)``
   (``ProgressBar``, ``DivergenceCheck``, ``diagnostics.Recorder``).
-* ``Trainer``: the epoch loop that calls them in order.
+* ``Trainer``: the epoch loop that calls them in order; an optional
+  ``epoch_sync(model, epoch, sums)`` runs after each epoch's last step, before
+  its logs (the data-parallel reduction of loss and accuracy,
+  ``scratchnet.distributed``).
+* ``Checkpoint`` and ``load_checkpoint``: the model, optimizer state, random
+  generators and epoch count after every epoch, written atomically; a run
+  resumed from one continues the same trajectory.
 """
 
 from __future__ import annotations
@@ -211,7 +218,10 @@ def _interactive(stream):
 class ProgressBar(Callback):
     """Progress of ``fit``: a tqdm bar per epoch (count, rate, ETA, running
     loss) in a terminal or a notebook (``tqdm.auto``); in a log or a pipe, one
-    clean line per epoch (no carriage returns, no trailing spaces)."""
+    clean line per epoch (no carriage returns, no trailing spaces). In
+    data-parallel training only rank 0 shows it (``root_only``)."""
+
+    root_only = True
 
     def __init__(self, stream=None, interactive=None):
         self.stream = stream if stream is not None else sys.stderr
@@ -274,6 +284,60 @@ class DivergenceCheck(Callback):
             f", or check the data")
 
 
+class Checkpoint(Callback):
+    """Write the model -- weights, buffers, optimizer state, the positions of the
+    data-order and dropout generators -- and the number of epochs done to
+    ``path`` after every ``every`` epochs, atomically (``model.save``'s
+    temporary file and rename): a crash leaves the last complete checkpoint.
+    ``{epoch}`` in the path (``"ckpt-{epoch}.npz"``) keeps one file per epoch.
+    In data-parallel training only rank 0 writes (``root_only``).
+
+    ``model, done = load_checkpoint(path)`` and ``model.fit(..., epochs=E,
+    initial_epoch=done)`` continue the run: with the same data and settings the
+    parameters follow the uninterrupted trajectory.
+    """
+
+    root_only = True
+
+    def __init__(self, path, every=1):
+        from ._atomic import as_str_path
+        self.path = as_str_path(path)
+        self.every = int(every)
+        if self.every < 1:
+            raise ValueError(f"Checkpoint every must be >= 1, got {every}")
+        self.written = []
+
+    def path_for(self, epochs_done):
+        return self.path.replace("{epoch}", str(epochs_done))
+
+    def on_epoch_end(self, model, epoch, logs):
+        if (epoch + 1) % self.every:
+            return
+        from .io import write_file
+        config, arrays = model.get_state()
+        config["training"] = {"epochs_done": epoch + 1}
+        path = self.path_for(epoch + 1)
+        write_file(path, config, arrays)
+        self.written.append(path)
+
+
+def load_checkpoint(path, backend=None):
+    """``(model, epochs_done)`` from a file written by ``Checkpoint`` (or
+    ``model.save``, which counts as 0 epochs done); the model comes with its
+    optimizer and generator positions."""
+    import os as _os
+    from .io import read_file
+    from .model import Sequential
+    config, arrays = read_file(path)
+    source = _os.fsdecode(path) if isinstance(path, bytes) else _os.fspath(path)
+    training = config.get("training") or {}
+    done = training.get("epochs_done", 0) if isinstance(training, dict) else None
+    if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+        raise ValueError(f"{source}: not a valid checkpoint: 'training.epochs_done' must be an "
+                         f"integer >= 0, got {done!r}")
+    return Sequential.from_state(config, arrays, backend=backend, source=source), done
+
+
 # -- the loop ----------------------------------------------------------------------------
 
 class Trainer:
@@ -281,11 +345,12 @@ class Trainer:
     optimizer, calling ``callbacks``; returns a ``History``."""
 
     def __init__(self, model, loss, optimizer, step, source, grad_hooks=(), callbacks=(),
-                 lr_schedule=None, validation=None):
+                 lr_schedule=None, validation=None, epoch_sync=None):
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.step, self.source = step, source
         self.grad_hooks, self.callbacks = list(grad_hooks), list(callbacks)
         self.lr_schedule, self.validation = lr_schedule, validation
+        self.epoch_sync = epoch_sync
         self.divergence = DivergenceCheck()
         self.steps_per_epoch = len(source)
         self.epochs = 0
@@ -301,7 +366,9 @@ class Trainer:
         """Mean loss of this epoch so far (a host sync: for progress only)."""
         return float(self._total) / max(self._rows, 1)
 
-    def run(self, X, y, epochs):
+    def run(self, X, y, epochs, initial_epoch=0):
+        """Train epochs ``initial_epoch`` .. ``epochs - 1`` (a resumed run starts
+        where its checkpoint ended: the schedule and the epoch numbers continue)."""
         model, ops, opt = self.model, self.model.ops, self.optimizer
         self.epochs = epochs
         history = History()
@@ -312,7 +379,7 @@ class Trainer:
         model._trainer = self
         try:
             self._call("on_train_begin", model)
-            for epoch in range(epochs):
+            for epoch in range(initial_epoch, epochs):
                 if self.lr_schedule is not None:
                     opt.lr = check_number(self.lr_schedule(epoch), "lr_schedule(epoch)", low=0.0,
                                           finite=True)
@@ -335,10 +402,13 @@ class Trainer:
                     correct = correct + hits
                     for fn in batch_end:
                         fn(model, b)
-                logs = {"loss": float(self._total) / self._rows}
+                sums = {"loss": self._total, "correct": correct, "rows": self._rows}
+                if self.epoch_sync is not None:      # e.g. the sums over every rank
+                    sums = self.epoch_sync(model, epoch, sums)
+                logs = {"loss": float(sums["loss"]) / sums["rows"]}
                 self.divergence.check(model, logs["loss"], opt, epoch)
                 if track_acc:
-                    logs["accuracy"] = float(correct) / self._rows
+                    logs["accuracy"] = float(sums["correct"]) / sums["rows"]
                 if self.validation is not None:
                     logs.update({"val_" + k: v for k, v in
                                  model._evaluate(*self.validation, self.loss).items()})
