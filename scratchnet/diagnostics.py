@@ -25,6 +25,10 @@ ReLU              ``dead_fraction``  fraction of units (columns) that were zero 
                                    every sample of every tracked step of the epoch
 Sigmoid, Tanh     ``saturated_fraction``  fraction of outputs in the flat tails:
                                    sigmoid < 0.01 or > 0.99; |tanh| > 0.99
+RNN, LSTM, GRU    ``grad_through_time``  a list of T values: for each time step t,
+                                   the mean over sampled steps of ||dL/dh_t|| (the
+                                   layer's ``dh_norms``): the gradient reaching
+                                   each step through time
 ================  ===============  ==================================================
 
 plus the epoch's ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
@@ -60,6 +64,9 @@ otherwise; the thresholds are the module constants below:
 * ``dead_relu``: a ReLU layer with more than ``DEAD_FRACTION`` (25%) dead units.
 * ``saturation``: a sigmoid/tanh layer with more than ``SATURATED_FRACTION``
   (25%) of its outputs in the tails.
+* ``vanishing_through_time``: a recurrent layer that outputs its last step
+  only (``return_sequences=False``) whose gradient at the first step is below
+  ``VANISHING_RATIO`` times its gradient at the last step.
 * ``overfitting`` (needs ``validation_data``): over the last
   ``OVERFIT_EPOCHS`` (3) epochs, validation loss rose every epoch while
   training loss fell, or validation accuracy fell every epoch while training
@@ -126,7 +133,14 @@ def _walk(layers, prefix=""):
 def _describe(layer):
     if isinstance(layer, L.Dense):
         return f"Dense {layer.n_in}->{layer.n_out}"
+    if _is_recurrent(layer):
+        return f"{type(layer).__name__} {layer.input_size}->{layer.hidden_size}"
     return type(layer).__name__
+
+
+def _is_recurrent(layer):
+    from .recurrent import _Recurrent
+    return isinstance(layer, _Recurrent)
 
 
 def _act_kind(layer):
@@ -201,6 +215,24 @@ class _Act:
             self.row = 0
 
 
+class _Rec:
+    """What the recorder keeps for one recurrent layer: the sum of its
+    ``dh_norms`` over the sampled steps (a float64 device vector)."""
+
+    def __init__(self, info, layer):
+        self.info, self.layer = info, layer
+        self.sum, self.n = None, 0
+
+    def add(self, xp):
+        norms = self.layer.dh_norms
+        if norms is None:
+            return
+        if self.sum is None or self.sum.shape != norms.shape:   # a new sequence length
+            self.sum, self.n = xp.zeros(norms.shape, dtype=numpy.float64), 0
+        self.sum += norms
+        self.n += 1
+
+
 class Recorder:
     """A ``fit`` callback recording per-layer statistics; ``report()`` gives a
     ``Diagnostics``.
@@ -234,14 +266,18 @@ class Recorder:
         self.ops = model.ops
         self.epochs, self.layers = [], []
         self._slots = _Slots(self.ops.xp)
-        self._dense, self._acts = [], []
+        self._dense, self._acts, self._rec = [], [], []
         for path, layer in _walk(model.layers):
-            kind = "dense" if isinstance(layer, L.Dense) else _act_kind(layer)
+            kind = "dense" if isinstance(layer, L.Dense) else \
+                "recurrent" if _is_recurrent(layer) else _act_kind(layer)
             if kind is None:
                 continue
             info = {"layer": path, "name": _describe(layer), "kind": kind}
             self.layers.append(info)
-            if kind == "dense":
+            if kind == "recurrent":
+                info["return_sequences"] = layer.return_sequences
+                self._rec.append(_Rec(info, layer))
+            elif kind == "dense":
                 self._dense.append(_Dense(info, layer, self._slots, self.ops.xp))
             else:
                 self._acts.append(_Act(info, layer, self._slots))
@@ -258,6 +294,8 @@ class Recorder:
         self._slots.reset()
         for a in self._acts:
             a.n, a.unit_max, a.row = 0, None, 0
+        for r in self._rec:
+            r.sum, r.n = None, 0
         self._n_steps = self._n_sampled = self._n_tracked = 0
         self._t_dead = self._t_sampled = 0.0
         self._snapshot()                 # W before step 0, which is always sampled
@@ -290,6 +328,8 @@ class Recorder:
 
     def _sample(self, xp):
         tiny = numpy.finfo(numpy.float32).tiny
+        for r in self._rec:
+            r.add(xp)
         for d in self._dense:
             W, dW, prev = d.layer.W, d.layer.dW, d.prev
             d.grad += xp.sqrt(xp.vdot(dW.ravel(), dW.ravel()))
@@ -342,11 +382,15 @@ class Recorder:
             a.fold(xp)
             if a.unit_max is not None:
                 values.append((a.unit_max <= 0).mean())
+        rec = [r for r in self._rec if r.n]
+        n_scalars = len(values)
+        values += [r.sum / r.n for r in rec]        # vectors (T,), after the scalars
         # the one device -> host read of the epoch
         host = [float(x) for x in self.ops.to_host(
-            xp.stack([xp.asarray(x, dtype=numpy.float64) for x in values]))]
+            xp.concatenate([xp.asarray(x, dtype=numpy.float64).reshape(-1) for x in values]))]
         acc = dict(zip(self._slots.names, host))
-        rest = iter(host[len(self._slots.names):])
+        rest = iter(host[len(self._slots.names):n_scalars])
+        at = n_scalars
         ns = self._n_sampled
         stats = {}
         for d in self._dense:
@@ -366,6 +410,10 @@ class Recorder:
             if a.sat is not None:
                 st["saturated_fraction"] = acc[(p, "sat")] / a.n if a.n else math.nan
             stats[p] = st
+        for r in rec:
+            steps = r.sum.shape[0]
+            stats[r.info["layer"]] = {"grad_through_time": host[at:at + steps]}
+            at += steps
         self._t_epoch_end = time.perf_counter() - t
         busy = self._t_dead + self._t_sampled + self._t_epoch_end
         record = {"epoch": epoch}
@@ -378,7 +426,7 @@ class Recorder:
             self._tune(elapsed)
 
     def on_train_end(self, model, history):
-        self._dense, self._acts, self._relu = [], [], []    # free the W copies
+        self._dense, self._acts, self._relu, self._rec = [], [], [], []    # free the W copies
 
     def report(self):
         """The recorded statistics as a ``Diagnostics``."""
@@ -454,6 +502,22 @@ class Diagnostics:
                     f"gradient is nearly zero", {"saturated_fraction": sat},
                     "inputs scaled to about [-1, 1], init='xavier', a lower learning rate, "
                     "or BatchNorm before the activation"))
+        for x in self._of_kind("recurrent"):
+            g = last.get(x["layer"], {}).get("grad_through_time")
+            if not g or x.get("return_sequences") or len(g) < 2:
+                continue
+            first, final = g[0], g[-1]
+            if final > 0 and first < VANISHING_RATIO * final:
+                how = f"{final / first:.1e}x smaller than" if first > 0 else "against"
+                found.append(Problem(
+                    "vanishing_through_time", x["layer"],
+                    f"{self._label(x)}: the gradient reaching its first time step, "
+                    f"||dL/dh_1|| = {first:.2g}, is {how} at its last step ({final:.2g}) "
+                    f"(vanishing gradients through time: the first of {len(g)} steps barely "
+                    f"affect learning)", {"first": first, "last": final, "steps": len(g)},
+                    ("LSTM or GRU instead of a plain RNN, " if x["name"].startswith("RNN ")
+                     else "more training (the gates learn to keep their state), ")
+                    + "LSTM(forget_bias=1.0), or shorter sequences"))
         found.extend(self._overfitting())
         return found
 
@@ -562,6 +626,13 @@ class Diagnostics:
                      _fmt(st.get("saturated_fraction"), "{:9.0%}", 9)]
             label = f"{info['layer']} {info['name']}"
             lines.append((f"  {label:<24} " + " ".join(cells)).rstrip())
+        for info in self._of_kind("recurrent"):
+            g = last.get(info["layer"], {}).get("grad_through_time")
+            if g:
+                picks = sorted({0, (len(g) - 1) // 2, len(g) - 1})
+                lines.append(f"  {info['layer']} {info['name']}: gradient through time "
+                             f"||dL/dh_t|| at t = " + ", ".join(str(t + 1) for t in picks)
+                             + ": " + ", ".join(f"{g[t]:.2e}" for t in picks))
         lines.append("")
         first, final = self.epochs[0], self.epochs[-1]
         for key, name, fmt in (("loss", "training loss", "{:.4g}"),
@@ -607,6 +678,8 @@ class Diagnostics:
         * ``saturation.png`` (only with sigmoid/tanh layers): the fraction of
           saturated outputs, and the spread (std) of the outputs, which falls
           towards 0 when a layer outputs nearly the same value for every input;
+        * ``grad_through_time.png`` (only with RNN/LSTM/GRU layers):
+          ||dL/dh_t|| against the time step t, in the first and the last epoch;
         * ``curves.png``: loss and accuracy, training and validation.
 
         Layers whose curves are equal are drawn as one line with one label, so
@@ -664,6 +737,30 @@ class Diagnostics:
                 _epoch_axis(ax)
             fig.tight_layout()
             figures["saturation.png"] = fig
+
+        recurrent = [(info, [e["layers"].get(info["layer"], {}).get("grad_through_time")
+                             for e in (self.epochs[0], self.epochs[-1])])
+                     for info in self._of_kind("recurrent")]
+        recurrent = [(info, g) for info, g in recurrent if g[0] or g[1]]
+        if recurrent:
+            fig = Figure(figsize=(7, 4.5))
+            ax = fig.add_subplot()
+            for i, (info, (g0, g1)) in enumerate(recurrent):
+                for g, style, when in ((g0, ":", "epoch 1"),
+                                       (g1, "-", f"epoch {len(self.epochs)}")):
+                    if g and (g is not g0 or len(self.epochs) > 1):
+                        y = numpy.array(g, dtype=numpy.float64)
+                        ax.plot(numpy.arange(1, len(y) + 1), numpy.where(y > 0, y, numpy.nan),
+                                ls=style, color=f"C{i % 10}",
+                                label=f"{self._label(info)}, {when}")
+            ax.set_yscale("log")
+            ax.set_xlabel("time step t")
+            ax.set_ylabel("||dL/dh_t|| (log scale)")
+            ax.set_title("Gradient reaching each time step")
+            ax.grid(alpha=0.3)
+            _legend_outside(ax)
+            fig.tight_layout()
+            figures["grad_through_time.png"] = fig
 
         fig = Figure(figsize=(10, 4.4))
         handles = {}

@@ -506,3 +506,36 @@ def test_backward_with_a_wrong_gradient_shape(backend):
 def test_argument_errors(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+# --- diagnostics: the gradient through time -------------------------------------------------
+
+def test_diagnostics_record_the_gradient_through_time(tmp_path):
+    from scratchnet.diagnostics import Recorder
+    X, y = sn.datasets.adding_problem(64, 30, seed=0)
+    model = sn.Sequential([sn.LSTM(2, 6, return_sequences=True), sn.RNN(6, 8), sn.Dense(8, 1)],
+                          seed=0)
+    seen = []
+
+    class Keep(sn.Callback):
+        def on_batch_end(self, model, step):
+            seen.append(host(model.layers[1].dh_norms).astype(np.float64))
+    hist = model.fit(X, y, loss=sn.MSE(), optimizer=sn.SGD(0.01), epochs=1, batch_size=16,
+                     callbacks=[Keep()], diagnostics=Recorder(every=1))
+    diag = hist.diagnostics
+    kinds = {info["layer"]: info["kind"] for info in diag.layers}
+    assert kinds == {0: "recurrent", 1: "recurrent", 2: "dense"}
+    g = diag.epochs[-1]["layers"][1]["grad_through_time"]
+    assert len(g) == 30
+    np.testing.assert_allclose(g, np.mean(seen, axis=0), rtol=1e-6)
+    assert len(diag.epochs[-1]["layers"][0]["grad_through_time"]) == 30
+    # the tanh RNN's gradient vanishes over 30 steps at its initial weights; the
+    # LSTM below it gets gradient at every step (return_sequences) and is not flagged
+    assert g[0] < 1e-3 * g[-1]
+    problems = [p for p in diag.problems if p.kind == "vanishing_through_time"]
+    assert [p.layer for p in problems] == [1]
+    assert "layer 1 (RNN 6->8): the gradient reaching its first time step" in diag.summary()
+    assert "LSTM or GRU instead of a plain RNN" in diag.summary()
+    pytest.importorskip("matplotlib")
+    written = diag.plot(tmp_path)
+    assert str(tmp_path / "grad_through_time.png") in written
