@@ -746,9 +746,11 @@ class Diagnostics:
             fig = Figure(figsize=(7, 4.5))
             ax = fig.add_subplot()
             for i, (info, (g0, g1)) in enumerate(recurrent):
-                for g, style, when in ((g0, ":", "epoch 1"),
-                                       (g1, "-", f"epoch {len(self.epochs)}")):
-                    if g and (g is not g0 or len(self.epochs) > 1):
+                curves = [(g1, "-", f"epoch {len(self.epochs)}")]
+                if len(self.epochs) > 1:
+                    curves.insert(0, (g0, ":", "epoch 1"))
+                for g, style, when in curves:
+                    if g:
                         y = numpy.array(g, dtype=numpy.float64)
                         ax.plot(numpy.arange(1, len(y) + 1), numpy.where(y > 0, y, numpy.nan),
                                 ls=style, color=f"C{i % 10}",

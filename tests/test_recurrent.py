@@ -394,13 +394,16 @@ def test_embedding_initialisation_and_lookup(backend):
 
 
 def test_integer_ids_reach_the_embedding_exactly():
+    emb = sn.Embedding(10, 2)
+    model = sn.Sequential([emb, sn.LSTM(2, 3)], seed=0)
     # 2**24 + 1 is not a float32: a cast to the model's dtype would change the id
-    emb = sn.Embedding(2 ** 24 + 2, 1)
-    model = sn.Sequential([emb], seed=0)
     X = model._input(np.array([[2 ** 24 + 1, 0]]))
     assert X.dtype == np.int64 and int(X[0, 0]) == 2 ** 24 + 1
-    np.testing.assert_array_equal(model.predict(np.array([[2 ** 24 + 1]]))[0, 0],
-                                  host(emb.W)[2 ** 24 + 1])
+    with pytest.raises(ValueError, match=rf"id {2 ** 24 + 1} at X\[0, 0\] is out of range"):
+        model.predict(np.array([[2 ** 24 + 1, 0]]))
+    small = sn.Sequential([sn.Embedding(10, 2)], seed=0)      # any integer dtype
+    np.testing.assert_array_equal(small.predict(np.array([[9, 0]], dtype=np.uint8)),
+                                  host(small.layers[0].W)[[[9, 0]]])
     # whole numbers given as floats are ids too
     np.testing.assert_array_equal(model._input(np.array([[3.0, 1.0]])), [[3, 1]])
 
