@@ -64,7 +64,7 @@ IMAGE_SIDE = {"digits": 8, "fashion-mnist": 28, "mnist": 28}
 #: Per-model defaults for options left unset (models not listed take "mlp"'s):
 #: --model cnn trains with BatchNorm2D after each convolution (and BatchNorm
 #: after the dense layer), dropout after it, a cosine schedule, on the whole
-#: training set -- 0.92+ on Fashion-MNIST in 10 epochs (README, Results).
+#: training set (README, Results: Convolutional networks).
 MODEL_DEFAULTS = {
     "mlp": {"batchnorm": False, "dropout": 0.0, "schedule": "constant", "val_split": 0.1},
     "cnn": {"batchnorm": True, "dropout": 0.3, "schedule": "cosine", "val_split": 0.0},
