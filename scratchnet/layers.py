@@ -79,6 +79,10 @@ class Layer:
     #: True when ``backward(dY, need_input_grad=False)`` may skip dL/dX (the
     #: first layer of a model never needs it in training).
     can_skip_input_grad = False
+    #: None: a model casts X to its float dtype. A layer that takes something
+    #: else as a model's first layer names the dtype the model passes X as
+    #: (``Embedding``: "int64" ids, whole numbers only).
+    input_dtype = None
 
     def __init__(self):
         self.ops = get_backend()
