@@ -63,3 +63,22 @@ def fashion():
         return load_fashion_mnist()
     except DatasetNotFoundError:
         pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def one_torch_and_blas_thread():
+    """For modules that compare with PyTorch on tiny arrays: torch's thread pool
+    and a second BLAS thread (beside torch's OpenMP pool in the same process)
+    only add contention, making each small product take milliseconds."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+    else:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)

@@ -14,26 +14,7 @@ F = torch.nn.functional
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds contention on a few cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small matrices: with a second BLAS thread (and torch's OpenMP pool in the
-    same process) each tiny product can take milliseconds of contention."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_and_blas_thread")
 
 
 def host(x):
