@@ -416,6 +416,14 @@ class NumbaOps(Ops):
     # the planes of the 2x2 max-pool backward (128x32x28x28, float32) ran no
     # faster than the serial loop, alone or right after a product (1.3 ms,
     # workqueue layer; omp: 0.8 against 1.3 ms at best, 4.1 against 1.4 ms median).
+    # Nor did cutting the batch's samples into one part per core, each part on
+    # its own Python thread with one-thread products, as the recurrences do
+    # below: a layer alone ran faster (conv2 of the reference CNN backward 13
+    # against 15 ms, a max-pool 0.6 against 1.0 ms), but the whole step, 60
+    # steps interleaved with the serial ones, took 57 against 38 ms (median;
+    # pools alone split: 40 against 38; every product at one BLAS thread and
+    # the convs split: 55 against 47): the parts start while OpenBLAS's
+    # threads still spin after the previous product.
 
     def _conv_chunk(self, n, rows, p, itemsize):
         """Samples per chunk: the chunk's columns (rows x chunk*p) fit ``conv_chunk_bytes``."""
