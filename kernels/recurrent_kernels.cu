@@ -21,37 +21,8 @@
 //     non-linearities, c_t, tanh(c_t), h_t, the products Z = h_{t-1} U, the
 //     step's dZ (what the next product and dU read) and dL/dh_t (for its norm).
 
-#define SN_GRID_STRIDE(i, n)                                                   \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;       \
-         i < (long long)(n); i += (long long)blockDim.x * gridDim.x)
-
-// ---------------------------------------------------------------- math
-// The sn_* helpers of scratchnet_kernels.cu, which activations.cuh calls
-// (each .cu file is compiled on its own).
-__device__ __forceinline__ float sn_exp(float x) { return expf(x); }
-__device__ __forceinline__ double sn_exp(double x) { return exp(x); }
-__device__ __forceinline__ float sn_log(float x) { return logf(x); }
-__device__ __forceinline__ double sn_log(double x) { return log(x); }
-__device__ __forceinline__ float sn_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double sn_log1p(double x) { return log1p(x); }
-__device__ __forceinline__ float sn_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double sn_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float sn_sqrt(float x) { return sqrtf(x); }
-__device__ __forceinline__ double sn_sqrt(double x) { return sqrt(x); }
-__device__ __forceinline__ float sn_abs(float x) { return fabsf(x); }
-__device__ __forceinline__ double sn_abs(double x) { return fabs(x); }
-
-// q = i / d, r = i % d for 0 <= i, 0 < d; in 32 bits whenever i fits.
-__device__ __forceinline__ void sn_divmod(long long i, int d, long long& q, int& r) {
-    if (i <= 0xffffffffLL) {
-        const unsigned int ui = (unsigned int)i, ud = (unsigned int)d;
-        q = ui / ud;
-        r = (int)(ui - (unsigned int)q * ud);
-    } else {
-        q = i / d;
-        r = (int)(i - q * d);
-    }
-}
+// SN_GRID_STRIDE, the sn_* math overloads, sn_divmod.
+#include "common.cuh"
 
 // sn_act_sigmoid, sn_act_tanh (the table's formulas), and for the RNN
 // sn_activate(z, act, alpha) and sn_act_grad(dy, y, act, alpha).

@@ -14,44 +14,16 @@
 //     atomics. Any grid size is then correct, and a serial loop over
 //     (block, thread) computes exactly what the GPU computes;
 //   * no host headers (NVRTC has none). Math goes through the sn_*
-//     overloads below (expf/exp, ...), which NVRTC, nvcc and libm all know.
-//     The one #include is activations.cuh, generated from the activation
-//     table (scratchnet/activations.py); cupy_ops inlines it when loading;
+//     overloads of common.cuh (expf/exp, ...), which NVRTC, nvcc and libm all
+//     know. The two #includes are common.cuh and activations.cuh, generated
+//     from the activation table (scratchnet/activations.py); cupy_ops inlines
+//     both when loading;
 //   * element indices are 64-bit, row/column counts are int.
 //
 // Layout: arrays are C-contiguous and batch-major, Z[r, c] at r * n_cols + c.
 
-// Grid-stride loop over [0, n): correct for any grid and block size.
-#define SN_GRID_STRIDE(i, n)                                                   \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;       \
-         i < (long long)(n); i += (long long)blockDim.x * gridDim.x)
-
-// ---------------------------------------------------------------- math
-__device__ __forceinline__ float sn_exp(float x) { return expf(x); }
-__device__ __forceinline__ double sn_exp(double x) { return exp(x); }
-__device__ __forceinline__ float sn_log(float x) { return logf(x); }
-__device__ __forceinline__ double sn_log(double x) { return log(x); }
-__device__ __forceinline__ float sn_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double sn_log1p(double x) { return log1p(x); }
-__device__ __forceinline__ float sn_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double sn_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float sn_sqrt(float x) { return sqrtf(x); }
-__device__ __forceinline__ double sn_sqrt(double x) { return sqrt(x); }
-__device__ __forceinline__ float sn_abs(float x) { return fabsf(x); }
-__device__ __forceinline__ double sn_abs(double x) { return fabs(x); }
-
-// q = i / d, r = i % d for 0 <= i, 0 < d: in 32 bits whenever i fits, since
-// 64-bit division is emulated on GPUs and costs more than the memory traffic.
-__device__ __forceinline__ void sn_divmod(long long i, int d, long long& q, int& r) {
-    if (i <= 0xffffffffLL) {
-        const unsigned int ui = (unsigned int)i, ud = (unsigned int)d;
-        q = ui / ud;
-        r = (int)(ui - (unsigned int)q * ud);
-    } else {
-        q = i / d;
-        r = (int)(i - q * d);
-    }
-}
+// SN_GRID_STRIDE, the sn_* math overloads, sn_divmod.
+#include "common.cuh"
 
 // The SN_ACT_* codes, sn_activate(z, act, alpha) = f(z) and
 // sn_act_grad(dy, y, act, alpha) = dy * f'(z) from y = f(z).

@@ -166,13 +166,20 @@ def test_cuda_header_command_prints_the_committed_header():
     assert proc.stdout == HEADER.read_text()
 
 
-def test_kernel_file_takes_its_activations_from_the_header():
-    from scratchnet.backends.cupy_ops import KERNEL_FILE, kernel_source, nvrtc_source
-    text = kernel_source(KERNEL_FILE)
-    assert '#include "activations.cuh"' in text
+@pytest.mark.parametrize("name", ["scratchnet_kernels.cu", "conv_kernels.cu",
+                                  "recurrent_kernels.cu"])
+def test_kernel_files_take_their_activations_and_math_from_the_headers(name):
+    """Each kernel file includes the two headers and defines neither's contents;
+    what NVRTC gets has both inlined and no #include left."""
+    from scratchnet.backends.cupy_ops import KERNEL_FILES, kernel_source, nvrtc_source
+    assert name in KERNEL_FILES
+    text = kernel_source(name)
+    assert '#include "activations.cuh"' in text and '#include "common.cuh"' in text
     assert "#define SN_ACT_" not in text and "case SN_ACT_" not in text
-    compiled = nvrtc_source()
+    assert "#define SN_GRID_STRIDE" not in text and "float sn_exp(float x)" not in text
+    compiled = nvrtc_source(name)
     assert '#include "' not in compiled and cuda_header() in compiled
+    assert kernel_source("common.cuh") in compiled and compiled.count("#define SN_GRID_STRIDE") == 1
 
 
 def test_numba_dispatch_source_has_a_branch_per_entry():

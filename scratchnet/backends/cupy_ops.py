@@ -61,6 +61,8 @@ KERNEL_FILES = (KERNEL_FILE, CONV_KERNEL_FILE, RECURRENT_KERNEL_FILE)
 #: The header the kernel file includes: activation codes (SN_ACT_*) and formulas,
 #: generated from the activation table (``backends/cuda_header.py``).
 ACT_HEADER = "activations.cuh"
+#: The header every kernel file starts with: the grid-stride loop and the sn_* math.
+COMMON_HEADER = "common.cuh"
 
 FLOAT_CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 LABEL_CTYPES = {numpy.dtype(numpy.int32): "int", numpy.dtype(numpy.int64): "long long"}
@@ -105,12 +107,15 @@ def kernel_source(name=KERNEL_FILE):
 def nvrtc_source(name=KERNEL_FILE):
     """The kernel file ``name`` as NVRTC compiles it.
 
-    NVRTC reads no files, so ``#include "activations.cuh"`` is replaced by the
-    header generated from the live activation table: for the built-in table
-    that is the committed header (a test checks it), and an activation added
-    with ``activations.register`` is compiled in too.
+    NVRTC reads no files, so ``#include "common.cuh"`` is replaced by that
+    file's text and ``#include "activations.cuh"`` by the header generated
+    from the live activation table: for the built-in table that is the
+    committed header (a test checks it), and an activation added with
+    ``activations.register`` is compiled in too.
     """
-    return kernel_source(name).replace(f'#include "{ACT_HEADER}"', cuda_header())
+    return (kernel_source(name)
+            .replace(f'#include "{COMMON_HEADER}"', kernel_source(COMMON_HEADER))
+            .replace(f'#include "{ACT_HEADER}"', cuda_header()))
 
 
 def name_expressions(name=KERNEL_FILE):
