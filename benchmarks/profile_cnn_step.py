@@ -28,15 +28,8 @@ instrumented step:
 
 PyTorch (eager, CPU, the same threads) runs the same network, data, loss and
 optimizer. The GEMM floor is the step's 11 matrix products alone, at the
-shapes the Numba backend uses. Every time is the minimum over ``--repeats``
-steps after ``--warmup`` untimed ones (JIT compilation and first-touch
-allocations excluded); medians are printed beside them.
-
-On a machine shared with other work, two BLAS threads lose their time slices
-to it and a product's wall time can grow tenfold. ``--threads 1 --clock
-thread`` then gives a steadier comparison: one thread everywhere (BLAS,
-PyTorch), timed by the CPU time of that thread, which other processes do not
-inflate.
+shapes the Numba backend uses. How the times are taken, and ``--threads 1
+--clock thread`` for a shared machine: ``_step_profile.py``.
 
     python benchmarks/profile_cnn_step.py                   # numpy, numba, torch
     python benchmarks/profile_cnn_step.py --backends numba --repeats 50
@@ -45,19 +38,9 @@ inflate.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
-
 import numpy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import scratchnet as sn  # noqa: E402
-from scratchnet import training  # noqa: E402
-from scratchnet.backends import BackendUnavailableError, get_ops  # noqa: E402
+import _step_profile  # puts the checkout on sys.path
 from scratchnet.bench import cases  # noqa: E402
 
 PHASES = ("im2col", "GEMM", "col2im", "bias+act", "pooling", "loss", "optimizer", "other")
@@ -84,126 +67,17 @@ KERNEL_PHASES = {
 }
 
 
+def method_phases(backend):
+    conv = CONV_METHOD_PHASES.get(backend, {})
+    return {**METHOD_PHASES, "conv2d_forward": conv.get("conv2d_forward", "other"),
+            "conv2d_backward": conv.get("conv2d_backward", "other")}
+
+
 def make_data(batch, seed=0):
     rng = numpy.random.default_rng(seed)
     X = rng.random((batch, 1, 28, 28), dtype=numpy.float32)
     y = rng.integers(0, 10, batch).astype(numpy.int64)
     return X, y
-
-
-def scratchnet_step(backend, X, y):
-    """A zero-argument callable running one training step on ``backend``."""
-    ops = get_ops(backend)
-    model = cases.make_cnn(backend)
-    step = training.MatrixStep(model, sn.SoftmaxCrossEntropy())
-    opt = sn.Adam(1e-3)
-    Xd, yd = ops.asarray(X), ops.asarray(y)
-
-    def run():
-        step(Xd, yd)
-        opt.step(model)
-        ops.synchronize()
-    return run, ops
-
-
-class PhaseTimer:
-    """Exclusive time per label of nested timed calls."""
-
-    def __init__(self):
-        self.totals = {}
-        self._child = [0.0]
-
-    def wrap(self, label, fn):
-        def timed(*args, **kwargs):
-            self._child.append(0.0)
-            t0 = CLOCK()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                elapsed = CLOCK() - t0
-                children = self._child.pop()
-                self.totals[label] = self.totals.get(label, 0.0) + elapsed - children
-                self._child[-1] += elapsed
-        return timed
-
-
-def instrument(ops, timer):
-    """Wrap ``ops``'s methods, its kernels (Numba) and numpy.matmul; returns an undo."""
-    patched = []
-    conv = CONV_METHOD_PHASES.get(ops.name, {})
-    for name in (*METHOD_PHASES, "conv2d_forward", "conv2d_backward"):
-        phase = METHOD_PHASES.get(name) or conv.get(name, "other")
-        setattr(ops, name, timer.wrap(phase, getattr(ops, name)))
-        patched.append(name)
-    if hasattr(ops, "_run"):
-        run = ops._run
-
-        def run_kernel(name, dtype, *args):
-            return timer.wrap(KERNEL_PHASES.get(name, "other"), run)(name, dtype, *args)
-        ops._run = run_kernel
-        patched.append("_run")
-    matmul = numpy.matmul
-    numpy.matmul = timer.wrap("GEMM", matmul)
-
-    def undo():
-        numpy.matmul = matmul
-        for name in patched:
-            delattr(ops, name)
-    return undo
-
-
-#: The clock every time is read from: time.perf_counter, or time.thread_time (--clock).
-CLOCK = time.perf_counter
-
-
-def best_of(fn, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = CLOCK()
-        fn()
-        times.append(CLOCK() - t0)
-    return min(times), statistics.median(times)
-
-
-def profile_backend(backend, X, y, repeats, warmup):
-    """{"step": (min, median), "phases": {phase: (min, median)}} for one backend."""
-    run, ops = scratchnet_step(backend, X, y)
-    result = {"step": best_of(run, repeats, warmup)}
-    timer = PhaseTimer()
-    undo = instrument(ops, timer)
-    per_phase = {p: [] for p in PHASES}
-    steps = []
-    try:
-        for _ in range(repeats):
-            timer.totals = {}
-            t0 = CLOCK()
-            timer.wrap("other", run)()
-            steps.append(CLOCK() - t0)
-            for p in PHASES:
-                per_phase[p].append(timer.totals.get(p, 0.0))
-    finally:
-        undo()
-    result["phases"] = {p: (min(v), statistics.median(v)) for p, v in per_phase.items()}
-    result["instrumented"] = (min(steps), statistics.median(steps))
-    return result
-
-
-def torch_step(X, y, threads):
-    import torch
-    from torch import nn
-    model = cases.make_torch_cnn("cpu")
-    torch.set_num_threads(threads)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-
-    def run():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(Xt), yt).backward()
-        opt.step()
-    return run
 
 
 def gemm_floor(batch):
@@ -213,87 +87,13 @@ def gemm_floor(batch):
     return cases.CnnFloorCase("numpy", size).prepare().run
 
 
-def usable_cores():
-    try:
-        import os
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return 1
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="numpy,numba",
-                        help="scratchnet backends to profile (default: numpy,numba)")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS and PyTorch threads (default: the usable cores)")
-    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
-                        help="wall: time.perf_counter; thread: the CPU time of this thread "
-                             "(meaningful with --threads 1 only)")
-    args = parser.parse_args(argv)
-    global CLOCK
-    if args.clock == "thread":
-        if args.threads != 1:
-            parser.error("--clock thread needs --threads 1: other threads' work is not counted")
-        CLOCK = time.thread_time
-    threads = args.threads or usable_cores()
-    if args.threads is not None:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(args.threads, user_api="blas")
-
-    X, y = make_data(args.batch)
-    results = {}
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        try:
-            get_ops(backend)
-        except BackendUnavailableError as err:
-            print(f"{backend}: unavailable ({err})")
-            continue
-        results[backend] = profile_backend(backend, X, y, args.repeats, args.warmup)
-
-    torch_time = None
-    if not args.no_torch:
-        try:
-            torch_time = best_of(torch_step(X, y, threads), args.repeats, args.warmup)
-        except ImportError:
-            print("torch: not installed")
-    floor = best_of(gemm_floor(args.batch), args.repeats, args.warmup)
-
-    ms = 1e3
-    print(f"reference CNN, float32, batch {args.batch}: one training step (Adam), "
-          f"min (median) over {args.repeats} steps, ms; {threads} thread(s), "
-          f"{'thread CPU time' if args.clock == 'thread' else 'wall time'}")
-    names = list(results)
-    print(f"\n| phase | {' | '.join(names)} |")
-    print("|---|" + "---|" * len(names))
-    for p in PHASES:
-        cells = [f"{results[b]['phases'][p][0] * ms:.2f} ({results[b]['phases'][p][1] * ms:.2f})"
-                 for b in names]
-        print(f"| {p} | {' | '.join(cells)} |")
-    cells = [f"{sum(results[b]['phases'][p][0] for p in PHASES) * ms:.2f}" for b in names]
-    print(f"| sum of the phases' minima | {' | '.join(cells)} |")
-    cells = [f"{results[b]['instrumented'][0] * ms:.2f} ({results[b]['instrumented'][1] * ms:.2f})"
-             for b in names]
-    print(f"| step, instrumented | {' | '.join(cells)} |")
-    cells = [f"**{results[b]['step'][0] * ms:.2f}** ({results[b]['step'][1] * ms:.2f})"
-             for b in names]
-    print(f"| step | {' | '.join(cells)} |")
-    print(f"\nGEMM floor (the step's 11 products alone): {floor[0] * ms:.2f} "
-          f"({floor[1] * ms:.2f}) ms")
-    if torch_time:
-        print(f"PyTorch {__import__('torch').__version__} eager, {threads} thread(s): "
-              f"{torch_time[0] * ms:.2f} ({torch_time[1] * ms:.2f}) ms")
-    for b in names:
-        step = results[b]["step"][0]
-        line = f"{b}: {step / floor[0]:.2f}x the GEMM floor"
-        if torch_time:
-            line += f", {step / torch_time[0]:.2f}x PyTorch's step"
-        print(line)
+NETWORK = _step_profile.Network(
+    phases=PHASES, method_phases=method_phases, kernel_phases=KERNEL_PHASES,
+    gemm_phase=lambda timer, a, b, X: "GEMM", make_data=make_data, make_model=cases.make_cnn,
+    make_torch=lambda: cases.make_torch_cnn("cpu"), lr=1e-3, gemm_floor=gemm_floor,
+    n_gemms=lambda batch: len(cases.cnn_gemm_shapes(batch)),
+    title=lambda batch: f"reference CNN, float32, batch {batch}")
 
 
 if __name__ == "__main__":
-    main()
+    _step_profile.main(NETWORK, __doc__.split("\n\n")[0])

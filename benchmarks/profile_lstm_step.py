@@ -29,13 +29,9 @@ instrumented step:
 PyTorch (eager, CPU, the same threads; its LSTM runs oneDNN's fused RNN
 primitive) trains the same network on the same data with the same loss and
 optimizer. The GEMM floor is the step's matrix products alone, at the shapes
-the Numba backend runs them (``cases.lstm_gemm_shapes``). Every time is the
-minimum over ``--repeats`` steps after ``--warmup`` untimed ones; medians are
-printed beside them.
-
-On a machine shared with other work, ``--threads 1 --clock thread`` gives a
-steadier comparison: one thread everywhere (BLAS, PyTorch), timed by the CPU
-time of that thread.
+the Numba backend runs them (``cases.lstm_gemm_shapes``). How the times are
+taken, and ``--threads 1 --clock thread`` for a shared machine:
+``_step_profile.py``.
 
     python benchmarks/profile_lstm_step.py                   # numpy, numba, torch
     python benchmarks/profile_lstm_step.py --backends numba --repeats 50
@@ -44,20 +40,9 @@ time of that thread.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
 import threading
-import time
-from pathlib import Path
 
-import numpy
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import scratchnet as sn  # noqa: E402
-from scratchnet import training  # noqa: E402
-from scratchnet.backends import BackendUnavailableError, get_ops  # noqa: E402
+import _step_profile  # puts the checkout on sys.path
 from scratchnet.bench import cases  # noqa: E402
 
 PHASES = ("input GEMM", "recurrent GEMMs", "cell forward", "cell backward",
@@ -75,42 +60,12 @@ KERNEL_PHASES = {
 }
 
 
-class PhaseTimer:
-    """Exclusive time per label of nested timed calls; ``inside`` is the stack
-    of labels of the calls running now. Only the thread that made the timer
-    is timed: where a backend runs the recurrence on chunks of the batch in
-    several threads at once, the first chunk's (this thread's) time stands for
-    the phase, so that the phases still add up to the step."""
-
-    def __init__(self):
-        self.totals = {}
-        self._child = [0.0]
-        self.inside = []
-        self._thread = threading.get_ident()
-
-    def wrap(self, label, fn):
-        def timed(*args, **kwargs):
-            if threading.get_ident() != self._thread:
-                return fn(*args, **kwargs)
-            self._child.append(0.0)
-            self.inside.append(label)
-            t0 = CLOCK()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                elapsed = CLOCK() - t0
-                self.inside.pop()
-                children = self._child.pop()
-                self.totals[label] = self.totals.get(label, 0.0) + elapsed - children
-                self._child[-1] += elapsed
-        return timed
-
-
-def gemm_phase(timer, a, b, rows):
+def gemm_phase(timer, a, b, X):
     """The phase of the product a @ b: by the primitive it runs in, else by its
-    shape (``rows`` = N*T, the rows of the input projection)."""
+    shape (rows = N*T, the rows of the input projection)."""
+    rows = X.shape[0] * X.shape[1]
     k = a.shape[-1]
-    if threading.get_ident() != timer._thread:
+    if threading.get_ident() != timer.thread:
         return "recurrent GEMMs"         # in another chunk's thread: not timed
     if timer.inside and timer.inside[-1] in ("cell forward", "cell backward"):
         # dU sums over the N*T (or N*(T-1)) rows; a step's product over H or 4H
@@ -122,98 +77,9 @@ def gemm_phase(timer, a, b, rows):
     return "other"
 
 
-def instrument(ops, timer, rows):
-    """Wrap ``ops``'s methods, its kernels (Numba) and numpy.matmul; returns an undo."""
-    patched = []
-    for name, phase in METHOD_PHASES.items():
-        setattr(ops, name, timer.wrap(phase, getattr(ops, name)))
-        patched.append(name)
-    if hasattr(ops, "_run"):
-        run = ops._run
-
-        def run_kernel(name, dtype, *args):
-            return timer.wrap(KERNEL_PHASES.get(name, "other"), run)(name, dtype, *args)
-        ops._run = run_kernel
-        patched.append("_run")
-    matmul = numpy.matmul
-
-    def timed_matmul(a, b, *args, **kwargs):
-        return timer.wrap(gemm_phase(timer, a, b, rows), matmul)(a, b, *args, **kwargs)
-    numpy.matmul = timed_matmul
-
-    def undo():
-        numpy.matmul = matmul
-        for name in patched:
-            delattr(ops, name)
-    return undo
-
-
-#: The clock every time is read from: time.perf_counter, or time.thread_time (--clock).
-CLOCK = time.perf_counter
-
-
-def best_of(fn, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = CLOCK()
-        fn()
-        times.append(CLOCK() - t0)
-    return min(times), statistics.median(times)
-
-
-def scratchnet_step(backend, X, y):
-    """A zero-argument callable running one training step on ``backend``."""
-    ops = get_ops(backend)
-    model = cases.make_lstm(backend)
-    step = training.MatrixStep(model, sn.SoftmaxCrossEntropy())
-    opt = sn.Adam(cases.LSTM_LR)
-    Xd, yd = ops.asarray(X), ops.asarray(y)
-
-    def run():
-        step(Xd, yd)
-        opt.step(model)
-        ops.synchronize()
-    return run, ops
-
-
-def profile_backend(backend, X, y, repeats, warmup):
-    """{"step": (min, median), "phases": {phase: (min, median)}} for one backend."""
-    run, ops = scratchnet_step(backend, X, y)
-    result = {"step": best_of(run, repeats, warmup)}
-    timer = PhaseTimer()
-    undo = instrument(ops, timer, X.shape[0] * X.shape[1])
-    per_phase = {p: [] for p in PHASES}
-    steps = []
-    try:
-        for _ in range(repeats):
-            timer.totals = {}
-            t0 = CLOCK()
-            timer.wrap("other", run)()
-            steps.append(CLOCK() - t0)
-            for p in PHASES:
-                per_phase[p].append(timer.totals.get(p, 0.0))
-    finally:
-        undo()
-    result["phases"] = {p: (min(v), statistics.median(v)) for p, v in per_phase.items()}
-    result["instrumented"] = (min(steps), statistics.median(steps))
-    return result
-
-
-def torch_step(X, y, threads):
-    import torch
-    model = cases.make_torch_lstm("cpu")
-    torch.set_num_threads(threads)
-    opt = torch.optim.Adam(model.parameters(), lr=cases.LSTM_LR)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-
-    def run():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(Xt), yt).backward()
-        opt.step()
-    return run
+def make_data(batch):
+    X, y, _ = cases.make_sequences(batch)
+    return X, y
 
 
 def gemm_floor(batch):
@@ -223,88 +89,13 @@ def gemm_floor(batch):
     return cases.LstmFloorCase("numpy", size).prepare().run
 
 
-def usable_cores():
-    try:
-        import os
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return 1
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="numpy,numba",
-                        help="scratchnet backends to profile (default: numpy,numba)")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS and PyTorch threads (default: the usable cores)")
-    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
-                        help="wall: time.perf_counter; thread: the CPU time of this thread "
-                             "(meaningful with --threads 1 only)")
-    args = parser.parse_args(argv)
-    global CLOCK
-    if args.clock == "thread":
-        if args.threads != 1:
-            parser.error("--clock thread needs --threads 1: other threads' work is not counted")
-        CLOCK = time.thread_time
-    threads = args.threads or usable_cores()
-    if args.threads is not None:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(args.threads, user_api="blas")
-
-    X, y, _ = cases.make_sequences(args.batch)
-    results = {}
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        try:
-            get_ops(backend)
-        except BackendUnavailableError as err:
-            print(f"{backend}: unavailable ({err})")
-            continue
-        results[backend] = profile_backend(backend, X, y, args.repeats, args.warmup)
-
-    torch_time = None
-    if not args.no_torch:
-        try:
-            torch_time = best_of(torch_step(X, y, threads), args.repeats, args.warmup)
-        except ImportError:
-            print("torch: not installed")
-    floor = best_of(gemm_floor(args.batch), args.repeats, args.warmup)
-
-    ms = 1e3
-    n_gemms = len(cases.lstm_gemm_shapes(args.batch))
-    print(f"reference LSTM, float32, batch {args.batch}, {cases.LSTM_STEPS} steps: one training "
-          f"step (Adam), min (median) over {args.repeats} steps, ms; {threads} thread(s), "
-          f"{'thread CPU time' if args.clock == 'thread' else 'wall time'}")
-    names = list(results)
-    print(f"\n| phase | {' | '.join(names)} |")
-    print("|---|" + "---|" * len(names))
-    for p in PHASES:
-        cells = [f"{results[b]['phases'][p][0] * ms:.2f} ({results[b]['phases'][p][1] * ms:.2f})"
-                 for b in names]
-        print(f"| {p} | {' | '.join(cells)} |")
-    cells = [f"{sum(results[b]['phases'][p][0] for p in PHASES) * ms:.2f}" for b in names]
-    print(f"| sum of the phases' minima | {' | '.join(cells)} |")
-    cells = [f"{results[b]['instrumented'][0] * ms:.2f} ({results[b]['instrumented'][1] * ms:.2f})"
-             for b in names]
-    print(f"| step, instrumented | {' | '.join(cells)} |")
-    cells = [f"**{results[b]['step'][0] * ms:.2f}** ({results[b]['step'][1] * ms:.2f})"
-             for b in names]
-    print(f"| step | {' | '.join(cells)} |")
-    print(f"\nGEMM floor (the step's {n_gemms} products alone): {floor[0] * ms:.2f} "
-          f"({floor[1] * ms:.2f}) ms")
-    if torch_time:
-        print(f"PyTorch {__import__('torch').__version__} eager, {threads} thread(s): "
-              f"{torch_time[0] * ms:.2f} ({torch_time[1] * ms:.2f}) ms")
-    for b in names:
-        step = results[b]["step"][0]
-        line = f"{b}: {step / floor[0]:.2f}x the GEMM floor"
-        if torch_time:
-            line += f", {step / torch_time[0]:.2f}x PyTorch's step"
-        print(line)
+NETWORK = _step_profile.Network(
+    phases=PHASES, method_phases=lambda backend: METHOD_PHASES, kernel_phases=KERNEL_PHASES,
+    gemm_phase=gemm_phase, make_data=make_data, make_model=cases.make_lstm,
+    make_torch=lambda: cases.make_torch_lstm("cpu"), lr=cases.LSTM_LR, gemm_floor=gemm_floor,
+    n_gemms=lambda batch: len(cases.lstm_gemm_shapes(batch)),
+    title=lambda batch: f"reference LSTM, float32, batch {batch}, {cases.LSTM_STEPS} steps")
 
 
 if __name__ == "__main__":
-    main()
+    _step_profile.main(NETWORK, __doc__.split("\n\n")[0])
