@@ -745,7 +745,8 @@ def write_plots(results, out_dir):
         return [], ("Plots skipped: matplotlib is not installed "
                     "(pip install 'scratchnet[plot]').")
     if not any(r.kind == "train" for r in results):
-        return [], "Plots skipped: the run has no per-sample vs mini-batch results."
+        return [], ("Plots skipped: they show the MLP's per-sample vs mini-batch cases, "
+                    "and the run has none.")
     paths = [Path(out_dir) / name for name in PLOTS]
     plot_samples_per_s(results, paths[0])
     plot_speedup(results, paths[1])
