@@ -842,6 +842,159 @@ class CompileCase(Case):
         return Prepared(run, info)
 
 
+# ------------------------------------------------- the reference networks' cases
+@dataclasses.dataclass(frozen=True)
+class ReferenceNet:
+    """What the step, GEMM-floor and per-sample cases of a reference network
+    need: ``name`` ("cnn", "lstm": the prefix of the case kinds and ids, and of
+    the ``Size`` fields ``<name>_batch``, ``<name>_slice``,
+    ``<name>_batch_sizes``), its learning rate, the network in scratchnet
+    (``make(backend)``) and in PyTorch (``make_torch(device)``), its data
+    (``make_data(n)`` -> (X, y, source)), the products of one step
+    (``gemm_shapes(batch)``), and what else its step case reports."""
+    name: str
+    lr: float
+    make: object
+    make_torch: object
+    make_data: object
+    gemm_shapes: object
+    step_params: tuple = ()
+
+
+class _NetCase(Case):
+    """A case of the reference network ``net`` (a class attribute)."""
+
+    net = None      # a ReferenceNet, set by each network's subclasses
+
+    @property
+    def batch(self):
+        return getattr(self.size, f"{self.net.name}_batch")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class NetStepCase(_NetCase):
+    """One training step of a reference network (Adam) at its batch size:
+    forward, loss, backward (no input gradient for the first layer), update;
+    PyTorch's eager step for the torch implementations."""
+
+    @property
+    def group(self):
+        return f"{self.net.name}_step-b{self.batch}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-{self.net.name}_step-b{self.batch}"
+
+    def params(self):
+        return {"batch_size": self.batch, **dict(self.net.step_params), "optimizer": "adam",
+                "lr": self.net.lr}
+
+    def prepare(self):
+        X, y, src = self.net.make_data(self.batch)
+        info = {**self.info(), "data": src}
+        if self.impl in TORCH_IMPLS:
+            import torch
+            device = _torch_device(self.impl)
+            model = self.net.make_torch(device)
+            opt = torch.optim.Adam(model.parameters(), lr=self.net.lr)
+            loss_fn = torch.nn.CrossEntropyLoss()
+            Xd, yd = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+            info["threads"] = torch.get_num_threads()
+
+            def run():
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(Xd), yd)
+                loss.backward()
+                opt.step()
+                _torch_sync(device)
+                return float(loss.detach())
+            return Prepared(run, info, len(X), model, (Xd, yd))
+        from ..optimizers import Adam
+        from ..training import MatrixStep
+        ops = _ops(self.impl)
+        model = self.net.make(self.impl)
+        step = MatrixStep(model, make_loss())
+        opt = Adam(self.net.lr)
+        Xd, yd = ops.asarray(X), ops.asarray(y)
+
+        def run():
+            loss, _ = step(Xd, yd)
+            opt.step(model)
+            ops.synchronize()
+            return float(ops.to_host(loss))
+        return Prepared(run, info, len(X), model, (Xd, yd))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class NetFloorCase(_NetCase):
+    """A reference network's step's matrix products alone (``net.gemm_shapes``),
+    through the implementation's matmul into preallocated outputs."""
+
+    @property
+    def group(self):
+        return f"{self.net.name}_step-b{self.batch}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-{self.net.name}_gemm_floor-b{self.batch}"
+
+    def params(self):
+        return {"batch_size": self.batch, "gemms_per_step": len(self.net.gemm_shapes(self.batch))}
+
+    def prepare(self):
+        return gemm_floor(self.impl, self.net.gemm_shapes(self.batch), self.info(), self.batch)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class NetTrainCase(_NetCase):
+    """Group 1's question for a reference network: one pass of ``fit`` over
+    ``size.<name>_slice`` samples, per sample or as a mini-batch, SGD(0.01)."""
+
+    mode: str = "minibatch"
+    batch_size: int = 32
+
+    @property
+    def group(self):
+        return f"{self.net.name}_per_sample_vs_minibatch-b{self.batch_size}"
+
+    @property
+    def id(self):
+        return f"{self.impl}-{self.net.name}-{self.mode}-b{self.batch_size}"
+
+    def params(self):
+        return {"mode": self.mode, "batch_size": self.batch_size, "optimizer": "sgd",
+                "lr": TRAIN_LR}
+
+    def prepare(self):
+        ops = _ops(self.impl)
+        X, y, src = self.net.make_data(getattr(self.size, f"{self.net.name}_slice"))
+        model = self.net.make(self.impl)
+        Xd, yd = ops.asarray(X), ops.asarray(y)
+        loss, opt = make_loss(), make_optimizer("sgd", TRAIN_LR)
+
+        def run():
+            hist = model.fit(Xd, yd, loss=loss, optimizer=opt, epochs=1,
+                             batch_size=self.batch_size, mode=self.mode)
+            ops.synchronize()
+            return hist
+        return Prepared(run, {**self.info(), "data": src}, len(X), model, (Xd, yd))
+
+
+def net_step_cases(case_types, size):
+    """The step and GEMM-floor cases (``case_types``) of every implementation."""
+    size = get_size(size)
+    impls = [*backend_names(), *TORCH_IMPLS]
+    return [case(impl, size) for case in case_types for impl in impls]
+
+
+def net_train_cases(case_type, size):
+    """Per-sample and mini-batch passes of every backend at the network's batch sizes."""
+    size = get_size(size)
+    return [case_type(b, size, mode=m, batch_size=bs) for b in backend_names()
+            for bs in getattr(size, f"{case_type.net.name}_batch_sizes")
+            for m in ("per_sample", "minibatch")]
+
+
 # ---------------------------------------------------------------- the reference CNN
 #: name -> (kind, input (C, H, W), output channels): the layers of the reference CNN
 #: that the ``cnn_layer`` cases time (a conv includes its fused ReLU).
@@ -996,60 +1149,6 @@ class CnnLayerCase(Case):
         return Prepared(run, info, self.size.cnn_batch)
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class CnnStepCase(Case):
-    """One training step of the reference CNN (Adam 1e-3) at ``size.cnn_batch``:
-    forward, loss, backward (no input gradient for the first layer), update."""
-
-    kind = "cnn_step"
-
-    @property
-    def group(self):
-        return f"cnn_step-b{self.size.cnn_batch}"
-
-    @property
-    def id(self):
-        return f"{self.impl}-cnn_step-b{self.size.cnn_batch}"
-
-    def params(self):
-        return {"batch_size": self.size.cnn_batch, "optimizer": "adam", "lr": CNN_LR}
-
-    def prepare(self):
-        X, y, src = make_images(self.size.cnn_batch)
-        info = {**self.info(), "data": src}
-        if self.impl in TORCH_IMPLS:
-            import torch
-            device = _torch_device(self.impl)
-            model = make_torch_cnn(device)
-            opt = torch.optim.Adam(model.parameters(), lr=CNN_LR)
-            loss_fn = torch.nn.CrossEntropyLoss()
-            Xd, yd = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
-            info["threads"] = torch.get_num_threads()
-
-            def run():
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(Xd), yd)
-                loss.backward()
-                opt.step()
-                _torch_sync(device)
-                return float(loss.detach())
-            return Prepared(run, info, len(X), model, (Xd, yd))
-        from ..optimizers import Adam
-        from ..training import MatrixStep
-        ops = _ops(self.impl)
-        model = make_cnn(self.impl)
-        step = MatrixStep(model, make_loss())
-        opt = Adam(CNN_LR)
-        Xd, yd = ops.asarray(X), ops.asarray(y)
-
-        def run():
-            loss, _ = step(Xd, yd)
-            opt.step(model)
-            ops.synchronize()
-            return float(ops.to_host(loss))
-        return Prepared(run, info, len(X), model, (Xd, yd))
-
-
 def cnn_gemm_shapes(batch):
     """The reference CNN step's 11 products ``(a, b)``, as the Numba backend runs
     them (a conv's columns are (C*kh*kw, B*Ho*Wo)): (name, a shape, b shape,
@@ -1105,63 +1204,28 @@ def gemm_floor(impl, shapes, info, samples):
     return Prepared(run, info, samples)
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class CnnFloorCase(Case):
-    """The reference CNN step's 11 matrix products alone (``cnn_gemm_shapes``),
-    through the implementation's matmul into preallocated outputs."""
+CNN = ReferenceNet("cnn", CNN_LR, make_cnn, make_torch_cnn, make_images, cnn_gemm_shapes)
 
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CnnStepCase(NetStepCase):
+    """One training step of the reference CNN (Adam 1e-3) at ``size.cnn_batch``."""
+    kind = "cnn_step"
+    net = CNN
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CnnFloorCase(NetFloorCase):
+    """The reference CNN step's 11 matrix products alone (``cnn_gemm_shapes``)."""
     kind = "cnn_floor"
-
-    @property
-    def group(self):
-        return f"cnn_step-b{self.size.cnn_batch}"
-
-    @property
-    def id(self):
-        return f"{self.impl}-cnn_gemm_floor-b{self.size.cnn_batch}"
-
-    def params(self):
-        return {"batch_size": self.size.cnn_batch, "gemms_per_step": 11}
-
-    def prepare(self):
-        return gemm_floor(self.impl, cnn_gemm_shapes(self.size.cnn_batch), self.info(),
-                          self.size.cnn_batch)
+    net = CNN
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class CnnTrainCase(Case):
-    """Group 1's question for the CNN: one pass of ``fit`` over ``size.cnn_slice``
-    images, per sample or as a mini-batch, SGD(0.01)."""
-
+class CnnTrainCase(NetTrainCase):
+    """One pass of ``fit`` over ``size.cnn_slice`` images, per sample or mini-batch."""
     kind = "cnn_train"
-    mode: str = "minibatch"
-    batch_size: int = 32
-
-    @property
-    def group(self):
-        return f"cnn_per_sample_vs_minibatch-b{self.batch_size}"
-
-    @property
-    def id(self):
-        return f"{self.impl}-cnn-{self.mode}-b{self.batch_size}"
-
-    def params(self):
-        return {"mode": self.mode, "batch_size": self.batch_size, "optimizer": "sgd",
-                "lr": TRAIN_LR}
-
-    def prepare(self):
-        ops = _ops(self.impl)
-        X, y, src = make_images(self.size.cnn_slice)
-        model = make_cnn(self.impl)
-        Xd, yd = ops.asarray(X), ops.asarray(y)
-        loss, opt = make_loss(), make_optimizer("sgd", TRAIN_LR)
-
-        def run():
-            hist = model.fit(Xd, yd, loss=loss, optimizer=opt, epochs=1,
-                             batch_size=self.batch_size, mode=self.mode)
-            ops.synchronize()
-            return hist
-        return Prepared(run, {**self.info(), "data": src}, len(X), model, (Xd, yd))
+    net = CNN
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -1212,16 +1276,11 @@ def cnn_layer_cases(size):
 
 
 def cnn_step_cases(size):
-    size = get_size(size)
-    impls = [*backend_names(), *TORCH_IMPLS]
-    return ([CnnStepCase(impl, size) for impl in impls]
-            + [CnnFloorCase(impl, size) for impl in impls])
+    return net_step_cases((CnnStepCase, CnnFloorCase), size)
 
 
 def cnn_train_cases(size):
-    size = get_size(size)
-    return [CnnTrainCase(b, size, mode=m, batch_size=bs) for b in backend_names()
-            for bs in size.cnn_batch_sizes for m in ("per_sample", "minibatch")]
+    return net_train_cases(CnnTrainCase, size)
 
 
 def cnn_inference_cases(size):
@@ -1270,61 +1329,6 @@ def make_sequences(n, split="train", seed=0, source="auto"):
     return numpy.ascontiguousarray(X).reshape(n, LSTM_STEPS, LSTM_FEATURES), y, src
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class LstmStepCase(Case):
-    """One training step of the reference LSTM (Adam 1e-3) at ``size.lstm_batch``:
-    forward, loss, backward (no input gradient), update."""
-
-    kind = "lstm_step"
-
-    @property
-    def group(self):
-        return f"lstm_step-b{self.size.lstm_batch}"
-
-    @property
-    def id(self):
-        return f"{self.impl}-lstm_step-b{self.size.lstm_batch}"
-
-    def params(self):
-        return {"batch_size": self.size.lstm_batch, "steps": LSTM_STEPS,
-                "hidden": LSTM_HIDDEN, "optimizer": "adam", "lr": LSTM_LR}
-
-    def prepare(self):
-        X, y, src = make_sequences(self.size.lstm_batch)
-        info = {**self.info(), "data": src}
-        if self.impl in TORCH_IMPLS:
-            import torch
-            device = _torch_device(self.impl)
-            model = make_torch_lstm(device)
-            opt = torch.optim.Adam(model.parameters(), lr=LSTM_LR)
-            loss_fn = torch.nn.CrossEntropyLoss()
-            Xd, yd = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
-            info["threads"] = torch.get_num_threads()
-
-            def run():
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(Xd), yd)
-                loss.backward()
-                opt.step()
-                _torch_sync(device)
-                return float(loss.detach())
-            return Prepared(run, info, len(X), model, (Xd, yd))
-        from ..optimizers import Adam
-        from ..training import MatrixStep
-        ops = _ops(self.impl)
-        model = make_lstm(self.impl)
-        step = MatrixStep(model, make_loss())
-        opt = Adam(LSTM_LR)
-        Xd, yd = ops.asarray(X), ops.asarray(y)
-
-        def run():
-            loss, _ = step(Xd, yd)
-            opt.step(model)
-            ops.synchronize()
-            return float(ops.to_host(loss))
-        return Prepared(run, info, len(X), model, (Xd, yd))
-
-
 def lstm_gemm_shapes(batch, steps=LSTM_STEPS):
     """The reference LSTM step's products ``(a, b)`` as the Numba backend runs
     them: (name, a shape, b shape, whether a and b are transposed views). The
@@ -1341,77 +1345,38 @@ def lstm_gemm_shapes(batch, steps=LSTM_STEPS):
                ("dense.dX", (batch, N_CLASSES), (N_CLASSES, h), "b")])
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class LstmFloorCase(Case):
-    """The reference LSTM step's matrix products alone (``lstm_gemm_shapes``),
-    through the implementation's matmul into preallocated outputs."""
+LSTM_NET = ReferenceNet("lstm", LSTM_LR, make_lstm, make_torch_lstm, make_sequences,
+                       lstm_gemm_shapes, step_params=(("steps", LSTM_STEPS),
+                                                      ("hidden", LSTM_HIDDEN)))
 
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LstmStepCase(NetStepCase):
+    """One training step of the reference LSTM (Adam 1e-3) at ``size.lstm_batch``."""
+    kind = "lstm_step"
+    net = LSTM_NET
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LstmFloorCase(NetFloorCase):
+    """The reference LSTM step's matrix products alone (``lstm_gemm_shapes``)."""
     kind = "lstm_floor"
-
-    @property
-    def group(self):
-        return f"lstm_step-b{self.size.lstm_batch}"
-
-    @property
-    def id(self):
-        return f"{self.impl}-lstm_gemm_floor-b{self.size.lstm_batch}"
-
-    def params(self):
-        return {"batch_size": self.size.lstm_batch,
-                "gemms_per_step": len(lstm_gemm_shapes(self.size.lstm_batch))}
-
-    def prepare(self):
-        return gemm_floor(self.impl, lstm_gemm_shapes(self.size.lstm_batch), self.info(),
-                          self.size.lstm_batch)
+    net = LSTM_NET
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class LstmTrainCase(Case):
-    """Group 1's question for the LSTM: one pass of ``fit`` over ``size.lstm_slice``
-    sequences, per sample or as a mini-batch, SGD(0.01)."""
-
+class LstmTrainCase(NetTrainCase):
+    """One pass of ``fit`` over ``size.lstm_slice`` sequences, per sample or mini-batch."""
     kind = "lstm_train"
-    mode: str = "minibatch"
-    batch_size: int = 32
-
-    @property
-    def group(self):
-        return f"lstm_per_sample_vs_minibatch-b{self.batch_size}"
-
-    @property
-    def id(self):
-        return f"{self.impl}-lstm-{self.mode}-b{self.batch_size}"
-
-    def params(self):
-        return {"mode": self.mode, "batch_size": self.batch_size, "optimizer": "sgd",
-                "lr": TRAIN_LR}
-
-    def prepare(self):
-        ops = _ops(self.impl)
-        X, y, src = make_sequences(self.size.lstm_slice)
-        model = make_lstm(self.impl)
-        Xd, yd = ops.asarray(X), ops.asarray(y)
-        loss, opt = make_loss(), make_optimizer("sgd", TRAIN_LR)
-
-        def run():
-            hist = model.fit(Xd, yd, loss=loss, optimizer=opt, epochs=1,
-                             batch_size=self.batch_size, mode=self.mode)
-            ops.synchronize()
-            return hist
-        return Prepared(run, {**self.info(), "data": src}, len(X), model, (Xd, yd))
+    net = LSTM_NET
 
 
 def lstm_step_cases(size):
-    size = get_size(size)
-    impls = [*backend_names(), *TORCH_IMPLS]
-    return ([LstmStepCase(impl, size) for impl in impls]
-            + [LstmFloorCase(impl, size) for impl in impls])
+    return net_step_cases((LstmStepCase, LstmFloorCase), size)
 
 
 def lstm_train_cases(size):
-    size = get_size(size)
-    return [LstmTrainCase(b, size, mode=m, batch_size=bs) for b in backend_names()
-            for bs in size.lstm_batch_sizes for m in ("per_sample", "minibatch")]
+    return net_train_cases(LstmTrainCase, size)
 
 
 # -------------------------------------------------------------------- registry
