@@ -66,19 +66,27 @@ def fashion():
 
 
 @pytest.fixture(scope="module")
-def one_torch_and_blas_thread():
-    """For modules that compare with PyTorch on tiny arrays: torch's thread pool
-    and a second BLAS thread (beside torch's OpenMP pool in the same process)
-    only add contention, making each small product take milliseconds."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_blas_thread():
+    """For modules of small matrices: a second BLAS thread only adds contention
+    (each tiny product can take milliseconds of it)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         yield
-    else:
-        with threadpool_limits(1, user_api="blas"):
-            yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_and_blas_thread(one_blas_thread):
+    """For modules that compare with PyTorch on tiny arrays: torch's thread pool
+    too (beside it, a second BLAS thread makes each small product take
+    milliseconds)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(before)

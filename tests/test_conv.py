@@ -14,25 +14,12 @@ import pytest
 import scratchnet as sn
 from scratchnet.backends import get_ops
 from scratchnet.cli import main
+from conftest import to_host as host
 
 LOSS = sn.SoftmaxCrossEntropy()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small matrices: with a second BLAS thread (and torch's OpenMP pool in the
-    same process) each tiny product can take milliseconds of contention."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def images(n, c, h, w, seed=0):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import scratchnet as sn
+from conftest import to_host as host
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -15,10 +16,6 @@ TOL = dict(rtol=1e-10, atol=1e-10)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_and_blas_thread")
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def t(x, grad=False):

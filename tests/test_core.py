@@ -12,10 +12,7 @@ import pytest
 import scratchnet as sn
 from scratchnet import layers as L
 from scratchnet.training import BatchSource, MatrixStep, PerSampleStep
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+from conftest import to_host as host
 
 
 def tied_model(backend, dtype="float64", seed=0):

@@ -11,6 +11,7 @@ import pytest
 import scratchnet as sn
 from scratchnet.compare import Comparison, compare_optimizers, plot_comparison
 from scratchnet.diagnostics import Diagnostics, Problem, Recorder
+from conftest import to_host as host
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -32,10 +33,6 @@ def deep_net(act, init, backend, depth=10, width=64, seed=0):
 
 def kinds(d):
     return [p.kind for p in d.problems]
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, numpy.ndarray) else numpy.asarray(x)
 
 
 # -- the classic cases ---------------------------------------------------------

@@ -12,10 +12,7 @@ import pytest
 
 import scratchnet as sn
 import scratchnet.io as snio
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+from conftest import to_host as host
 
 
 def toy(n=40, seed=0):

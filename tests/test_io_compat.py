@@ -18,14 +18,11 @@ import numpy as np
 import pytest
 
 import scratchnet as sn
+from conftest import to_host as host
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 MODEL = os.path.join(DATA, "model_v1.npz")
 BATCH = 16      # as make_model_v1.py
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,9 @@ import pytest
 
 import scratchnet as sn
 from scratchnet.backends import get_ops
+from conftest import to_host as host
 
 DTYPES = ["float32", "float64"]
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def assert_close(actual, expected, dtype, rtol=None):

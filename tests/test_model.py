@@ -9,12 +9,9 @@ import pytest
 
 import scratchnet as sn
 from scratchnet.backends import BACKENDS, BackendUnavailableError, get_ops
+from conftest import to_host as host
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def toy(n=40, d=6, c=3, seed=0):

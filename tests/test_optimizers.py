@@ -7,13 +7,10 @@ import numpy as np
 import pytest
 
 import scratchnet as sn
+from conftest import to_host as host
 
 DTYPES = ["float32", "float64"]
 STEPS = 5
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 # --- PyTorch's rules, as its documentation writes them --------------------------

@@ -9,6 +9,7 @@ import pytest
 
 import scratchnet as sn
 from scratchnet.backends import get_ops
+from conftest import to_host as host
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -17,10 +18,6 @@ TOL = dict(rtol=1e-10, atol=1e-10)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_and_blas_thread")
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def t(x, grad=False):

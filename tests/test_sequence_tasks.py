@@ -15,16 +15,7 @@ from scratchnet.datasets.sequences import FORTUNES_DIR, fortunes_available
 from scratchnet.sequence_tasks import build_charlm, sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small matrices: a second BLAS thread only adds contention."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def run_cli(capsys, *argv):

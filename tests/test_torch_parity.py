@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import scratchnet as sn
+from conftest import to_host as host
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -19,10 +20,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def t64(a):
