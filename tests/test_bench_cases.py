@@ -296,21 +296,24 @@ def test_cnn_inference_case_runs(case):
     assert prepared.samples == TINY.infer_samples
 
 
-@pytest.mark.parametrize("case", _params("cnn_train"))
-def test_cnn_train_case_runs(case):
+@pytest.mark.parametrize("case", _params("cnn_train") + _params("lstm_train"))
+def test_network_train_case_runs(case):
+    """The CNN's and the LSTM's per-sample and mini-batch passes over their slices."""
     prepared = case.prepare()
     hist = prepared.run()
-    assert prepared.samples == TINY.cnn_slice and math.isfinite(hist.history["loss"][-1])
+    assert prepared.samples == getattr(TINY, f"{case.net.name}_slice")
+    assert math.isfinite(hist.history["loss"][-1])
 
 
+@pytest.mark.parametrize("case_type", [cases.CnnTrainCase, cases.LstmTrainCase])
 @pytest.mark.parametrize("backend", cases.backend_names())
-def test_cnn_per_sample_and_minibatch_make_the_same_update(backend):
+def test_network_per_sample_and_minibatch_make_the_same_update(backend, case_type):
     why = cases.backend_unavailable(backend)
     if why:
         pytest.skip(why)
     models = []
     for mode in ("per_sample", "minibatch"):
-        prepared = cases.CnnTrainCase(backend, TINY, mode=mode, batch_size=4).prepare()
+        prepared = case_type(backend, TINY, mode=mode, batch_size=4).prepare()
         prepared.run()
         models.append(prepared.model)
     for a, b in zip(*(m.parameters() for m in models)):
@@ -360,27 +363,6 @@ def test_torch_lstm_is_the_same_model():
     X, _, _ = cases.make_sequences(3)
     assert tuple(tm(__import__("torch").from_numpy(X)).shape) == (3, 10)
     assert sm.predict(X).shape == (3, 10)
-
-
-@pytest.mark.parametrize("case", _params("lstm_train"))
-def test_lstm_train_case_runs(case):
-    prepared = case.prepare()
-    hist = prepared.run()
-    assert prepared.samples == TINY.lstm_slice and math.isfinite(hist.history["loss"][-1])
-
-
-@pytest.mark.parametrize("backend", cases.backend_names())
-def test_lstm_per_sample_and_minibatch_make_the_same_update(backend):
-    why = cases.backend_unavailable(backend)
-    if why:
-        pytest.skip(why)
-    models = []
-    for mode in ("per_sample", "minibatch"):
-        prepared = cases.LstmTrainCase(backend, TINY, mode=mode, batch_size=4).prepare()
-        prepared.run()
-        models.append(prepared.model)
-    for a, b in zip(*(m.parameters() for m in models)):
-        numpy.testing.assert_allclose(host(a), host(b), rtol=1e-4, atol=2e-5)
 
 
 # ---------------------------------------------------------------------- timing

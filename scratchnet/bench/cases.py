@@ -724,15 +724,22 @@ class InferenceCase(Case):
     def params(self):
         return {"batch_size": self.batch_size}
 
+    #: The network and its test inputs: (n, split) -> (X, y, source), backend ->
+    #: model, device -> PyTorch model.
+    make_inputs = staticmethod(make_data)
+    make_model = staticmethod(make_mlp)
+    make_torch_model = staticmethod(make_torch_mlp)
+
     def prepare(self):
-        X, _, src = make_data(self.size.infer_samples, "test")
+        X, _, src = self.make_inputs(self.size.infer_samples, "test")
         info = {**self.info(), "data": src}
         bs = self.batch_size
         if self.impl in TORCH_IMPLS:
             import torch
             device = _torch_device(self.impl)
-            model = make_torch_mlp(device).eval()
+            model = self.make_torch_model(device).eval()
             Xd = torch.from_numpy(numpy.ascontiguousarray(X)).to(device)
+            info["threads"] = torch.get_num_threads()
 
             def run():
                 with torch.inference_mode():
@@ -740,7 +747,7 @@ class InferenceCase(Case):
                     return torch.cat(outs).cpu().numpy()
             return Prepared(run, info, len(X), model, (Xd,))
         ops = _ops(self.impl)
-        model = make_mlp(self.impl)
+        model = self.make_model(self.impl)
         Xd = ops.asarray(X)
 
         def run():
@@ -1235,6 +1242,9 @@ class CnnInferenceCase(InferenceCase):
 
     kind = "cnn_inference"
     batch_size: int = 1024
+    make_inputs = staticmethod(make_images)
+    make_model = staticmethod(make_cnn)
+    make_torch_model = staticmethod(make_torch_cnn)
 
     @property
     def group(self):
@@ -1243,30 +1253,6 @@ class CnnInferenceCase(InferenceCase):
     @property
     def id(self):
         return f"{self.impl}-cnn-predict-b{self.batch_size}"
-
-    def prepare(self):
-        X, _, src = make_images(self.size.infer_samples, "test")
-        info = {**self.info(), "data": src}
-        bs = self.batch_size
-        if self.impl in TORCH_IMPLS:
-            import torch
-            device = _torch_device(self.impl)
-            model = make_torch_cnn(device).eval()
-            Xd = torch.from_numpy(X).to(device)
-            info["threads"] = torch.get_num_threads()
-
-            def run():
-                with torch.inference_mode():
-                    outs = [model(Xd[i:i + bs]) for i in range(0, len(X), bs)]
-                    return torch.cat(outs).cpu().numpy()
-            return Prepared(run, info, len(X), model, (Xd,))
-        ops = _ops(self.impl)
-        model = make_cnn(self.impl)
-        Xd = ops.asarray(X)
-
-        def run():
-            return model.predict(Xd, batch_size=bs)   # returns host arrays: synchronised
-        return Prepared(run, info, len(X), model, (Xd,))
 
 
 def cnn_layer_cases(size):
