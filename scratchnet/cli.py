@@ -286,37 +286,19 @@ def build_model(args, n_in, n_out, backend):
     if getattr(args, "model", "mlp") in (*RECURRENT_MODELS, "charlm"):
         return build_sequence_model(args, n_in, n_out, backend)
     hidden = parse_hidden(DEFAULTS[args.dataset]["hidden"] if args.hidden is None else args.hidden)
-    init = args.init or ("he" if args.activation in ("relu", "leaky_relu") else "xavier")
-    layers, n = [], n_in
-    for h in hidden:
-        layers.append(L.Dense(n, h, init=init))
-        if args.batchnorm:
-            layers.append(L.BatchNorm(h))
-        layers.append(ACTIVATIONS[args.activation]())
-        if args.dropout:
-            layers.append(L.Dropout(args.dropout))
-        n = h
-    layers.append(L.Dense(n, n_out, init="xavier"))
+    layers = _dense_stack(args, n_in, hidden, n_out, _init(args))
     return Sequential(layers, seed=args.seed, dtype=args.dtype, backend=backend)
 
 
-def build_cnn(args, image_shape, n_out, backend):
-    """--conv blocks (3x3 conv, padding 1, [BatchNorm2D], activation, 2x2 max-pool),
-    Flatten, the --hidden Dense layers ([BatchNorm], activation, [Dropout]), the output."""
-    from .conv import BatchNorm2D, Conv2D, MaxPool2D
-    from .model import Sequential
-    channels = parse_hidden(args.conv or CNN_DEFAULT_CONV, "--conv", "32,64")
-    hidden = parse_hidden(args.hidden or CNN_DEFAULT_HIDDEN)
-    init = args.init or ("he" if args.activation in ("relu", "leaky_relu") else "xavier")
-    layers, (c, h, w) = [], tuple(image_shape)
-    for out in channels:
-        layers.append(Conv2D(c, out, 3, padding=1, init=init))
-        if args.batchnorm:
-            layers.append(BatchNorm2D(out))
-        layers += [ACTIVATIONS[args.activation](), MaxPool2D(2)]
-        c, h, w = out, h // 2, w // 2
-    layers.append(L.Flatten())
-    n = c * h * w
+def _init(args):
+    """--init, or the default for --activation: he for relu-like, xavier otherwise."""
+    return args.init or ("he" if args.activation in ("relu", "leaky_relu") else "xavier")
+
+
+def _dense_stack(args, n, hidden, n_out, init):
+    """The --hidden Dense layers from n inputs, each with [BatchNorm], the
+    activation and [Dropout], then the output layer Dense(., n_out)."""
+    layers = []
     for size in hidden:
         layers.append(L.Dense(n, size, init=init))
         if args.batchnorm:
@@ -326,6 +308,26 @@ def build_cnn(args, image_shape, n_out, backend):
             layers.append(L.Dropout(args.dropout))
         n = size
     layers.append(L.Dense(n, n_out, init="xavier"))
+    return layers
+
+
+def build_cnn(args, image_shape, n_out, backend):
+    """--conv blocks (3x3 conv, padding 1, [BatchNorm2D], activation, 2x2 max-pool),
+    Flatten, the --hidden Dense layers ([BatchNorm], activation, [Dropout]), the output."""
+    from .conv import BatchNorm2D, Conv2D, MaxPool2D
+    from .model import Sequential
+    channels = parse_hidden(args.conv or CNN_DEFAULT_CONV, "--conv", "32,64")
+    hidden = parse_hidden(args.hidden or CNN_DEFAULT_HIDDEN)
+    init = _init(args)
+    layers, (c, h, w) = [], tuple(image_shape)
+    for out in channels:
+        layers.append(Conv2D(c, out, 3, padding=1, init=init))
+        if args.batchnorm:
+            layers.append(BatchNorm2D(out))
+        layers += [ACTIVATIONS[args.activation](), MaxPool2D(2)]
+        c, h, w = out, h // 2, w // 2
+    layers.append(L.Flatten())
+    layers += _dense_stack(args, c * h * w, hidden, n_out, init)
     return Sequential(layers, seed=args.seed, dtype=args.dtype, backend=backend)
 
 
