@@ -21,7 +21,7 @@ import numpy
 
 from ._validate import check_number, check_positive_int
 from .init import get_initializer, initial_weights
-from .layers import (Activation, BatchStatistics, Layer, _activation_spec, _shape_str,
+from .layers import (BatchStatistics, FusedActivation, Layer, _shape_str,
                      register_layer)
 
 __all__ = ["Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D"]
@@ -74,7 +74,7 @@ def _out_size(layer, size, kernel, stride, padding, axis, kernel_name):
 
 
 @register_layer
-class Conv2D(Layer):
+class Conv2D(FusedActivation, Layer):
     """2-D convolution (PyTorch's cross-correlation): ``Y = f(conv(X, W) + b)``.
 
     Input (N, in_channels, H, W); output (N, out_channels, H_out, W_out) with
@@ -101,8 +101,7 @@ class Conv2D(Layer):
         self.padding = _pair(padding, "Conv2D padding", allow_zero=True)
         get_initializer(init)  # fail now on an unknown name
         self.init, self.bias = init, bool(bias)
-        self._act = _activation_spec(activation)
-        self.activation = None if self._act is None else activation
+        self._set_activation(activation)
         self.param_names = ("W", "b") if self.bias else ("W",)
         self.b = self.db = None
         self._init_params(numpy.random.default_rng())
@@ -164,9 +163,6 @@ class Conv2D(Layer):
             parts.append(f"activation={self.activation!r}")
         return f"Conv2D({', '.join(parts)})"
 
-    def absorbs(self, nxt):
-        return self._act is None and isinstance(nxt, Activation)
-
     def forward(self, X, training=False):
         """X: (N, in_channels, H, W) -> (N, out_channels, H_out, W_out)."""
         return self.forward_fused(X, training, None)
@@ -175,8 +171,7 @@ class Conv2D(Layer):
         """Forward with the following activation layer ``act`` run in the same
         pass (its output is kept on ``act.Y`` for diagnostics)."""
         X = self._as_input(X)
-        spec = self._act if act is None else (act.kind, act.alpha)
-        kind, alpha = spec if spec is not None else ("identity", 0.0)
+        kind, alpha = self._activation_of(act)
         X = self.ops.xp.ascontiguousarray(X)
         Y, ctx = self.ops.conv2d_forward(X, self.W, self.b, self.stride, self.padding,
                                          kind, alpha)

@@ -267,8 +267,27 @@ def _activation_spec(activation):
                      f"{sorted(ACTIVATION_LAYERS)}")
 
 
+class FusedActivation:
+    """What Dense and Conv2D share: an activation of their own (``activation=``)
+    or the activation layer after them (which they ``absorb``), applied inside
+    their forward (``forward_fused``) in the same pass as the bias."""
+
+    def _set_activation(self, activation):
+        self._act = _activation_spec(activation)
+        self.activation = None if self._act is None else activation
+
+    def absorbs(self, nxt):
+        return self._act is None and isinstance(nxt, Activation)
+
+    def _activation_of(self, act):
+        """(kind, alpha) to apply: the absorbed layer ``act``'s, else this layer's
+        own, else the identity."""
+        spec = self._act if act is None else (act.kind, act.alpha)
+        return spec if spec is not None else ("identity", 0.0)
+
+
 @register_layer
-class Dense(Layer):
+class Dense(FusedActivation, Layer):
     """Fully connected layer: ``Y = f(X @ W + b)``.
 
     n_in, n_out: feature counts; W is (n_in, n_out), b is (n_out,); input
@@ -292,8 +311,7 @@ class Dense(Layer):
         self.n_out = check_positive_int(n_out, "Dense n_out")
         get_initializer(init)  # fail now on an unknown name
         self.init, self.bias = init, bool(bias)
-        self._act = _activation_spec(activation)
-        self.activation = None if self._act is None else activation
+        self._set_activation(activation)
         self.param_names = ("W", "b") if self.bias else ("W",)
         self.b = self.db = None
         self._init_params(numpy.random.default_rng())
@@ -342,9 +360,6 @@ class Dense(Layer):
             config["activation"] = self.activation
         return config
 
-    def absorbs(self, nxt):
-        return self._act is None and isinstance(nxt, Activation)
-
     def forward(self, X, training=False):
         """X: (N, n_in) -> (N, n_out); (N, ..., n_in) -> (N, ..., n_out)."""
         return self.forward_fused(X, training, None)
@@ -353,8 +368,7 @@ class Dense(Layer):
         """Forward with the following activation layer ``act`` run in the same
         pass (its output is kept on ``act.Y`` for diagnostics)."""
         X = self._as_input(X)
-        spec = self._act if act is None else (act.kind, act.alpha)
-        kind, alpha = spec if spec is not None else ("identity", 0.0)
+        kind, alpha = self._activation_of(act)
         lead = tuple(X.shape[:-1])
         if X.ndim > 2:       # (N, ..., n_in) as the rows of one product
             X = self.ops.xp.ascontiguousarray(X).reshape(-1, self.n_in)
