@@ -36,31 +36,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import scratchnet as sn  # noqa: E402
 from scratchnet import training  # noqa: E402
 from scratchnet.backends import BackendUnavailableError, get_ops  # noqa: E402
+from scratchnet.bench import cases  # noqa: E402
 
 
 @dataclasses.dataclass
 class Network:
     """A reference network to profile.
 
-    ``method_phases(backend)``: backend method -> the phase of its exclusive
-    time; ``kernel_phases``: Numba kernel -> phase (others count as "other");
-    ``gemm_phase(timer, a, b, X)``: the phase of the product a @ b in a step
-    on the batch X;
-    ``make_data(batch)``: (X, y); ``make_model(backend)`` and
-    ``make_torch()``: the network in scratchnet and in PyTorch;
-    ``gemm_floor(batch)``: a callable running the step's products alone;
-    ``title(batch)``: the first line of the report."""
+    ``net``: the benchmark suite's description of it (``cases.CNN``,
+    ``cases.LSTM_NET``: the model in scratchnet and PyTorch, its learning rate,
+    its data, the products of one step); ``method_phases(backend)``: backend
+    method -> the phase of its exclusive time; ``kernel_phases``: Numba kernel
+    -> phase (others count as "other"); ``gemm_phase(timer, a, b, X)``: the
+    phase of the product a @ b in a step on the batch X; ``title(batch)``: the
+    first line of the report; ``make_data(batch)``: (X, y), by default
+    ``net.make_data``'s."""
+    net: object
     phases: tuple
     method_phases: Callable[[str], dict]
     kernel_phases: dict
     gemm_phase: Callable
-    make_data: Callable
-    make_model: Callable
-    make_torch: Callable
-    lr: float
-    gemm_floor: Callable
-    n_gemms: Callable[[int], int]
     title: Callable[[int], str]
+    make_data: Callable = None
+
+    def data(self, batch):
+        if self.make_data is not None:
+            return self.make_data(batch)
+        X, y, _ = self.net.make_data(batch)
+        return X, y
+
+    def gemm_floor(self, batch):
+        """A callable running the step's products alone at the Numba backend's
+        shapes (``net.gemm_shapes``), into preallocated outputs."""
+        return cases.gemm_floor("numpy", self.net.gemm_shapes(batch), {}, batch).run
 
 
 #: The clock every time is read from: time.perf_counter, or time.thread_time (--clock).
@@ -138,9 +146,9 @@ def best_of(fn, repeats, warmup):
 def scratchnet_step(network, backend, X, y):
     """A zero-argument callable running one training step on ``backend``."""
     ops = get_ops(backend)
-    model = network.make_model(backend)
+    model = network.net.make(backend)
     step = training.MatrixStep(model, sn.SoftmaxCrossEntropy())
-    opt = sn.Adam(network.lr)
+    opt = sn.Adam(network.net.lr)
     Xd, yd = ops.asarray(X), ops.asarray(y)
 
     def run():
@@ -175,9 +183,9 @@ def profile_backend(network, backend, X, y, repeats, warmup):
 
 def torch_step(network, X, y, threads):
     import torch
-    model = network.make_torch()
+    model = network.net.make_torch("cpu")
     torch.set_num_threads(threads)
-    opt = torch.optim.Adam(model.parameters(), lr=network.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=network.net.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
 
@@ -219,7 +227,7 @@ def main(network, description, argv=None):
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.threads, user_api="blas")
 
-    X, y = network.make_data(args.batch)
+    X, y = network.data(args.batch)
     results = {}
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         try:
@@ -257,7 +265,7 @@ def main(network, description, argv=None):
     print(f"| sum of the phases' minima | {row} |")
     print(f"| step, instrumented | {cells('instrumented')} |")
     print(f"| step | {cells('step', bold=True)} |")
-    print(f"\nGEMM floor (the step's {network.n_gemms(args.batch)} products alone): "
+    print(f"\nGEMM floor (the step's {len(network.net.gemm_shapes(args.batch))} products alone): "
           f"{floor[0] * ms:.2f} ({floor[1] * ms:.2f}) ms")
     if torch_time:
         print(f"PyTorch {__import__('torch').__version__} eager, {threads} thread(s): "

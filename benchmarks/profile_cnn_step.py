@@ -80,19 +80,10 @@ def make_data(batch, seed=0):
     return X, y
 
 
-def gemm_floor(batch):
-    """A callable running the step's 11 products at the Numba backend's shapes
-    (``cases.cnn_gemm_shapes``), into preallocated outputs."""
-    size = cases.dataclasses.replace(cases.SIZES["tiny"], cnn_batch=batch)
-    return cases.CnnFloorCase("numpy", size).prepare().run
-
-
 NETWORK = _step_profile.Network(
-    phases=PHASES, method_phases=method_phases, kernel_phases=KERNEL_PHASES,
-    gemm_phase=lambda timer, a, b, X: "GEMM", make_data=make_data, make_model=cases.make_cnn,
-    make_torch=lambda: cases.make_torch_cnn("cpu"), lr=1e-3, gemm_floor=gemm_floor,
-    n_gemms=lambda batch: len(cases.cnn_gemm_shapes(batch)),
-    title=lambda batch: f"reference CNN, float32, batch {batch}")
+    cases.CNN, phases=PHASES, method_phases=method_phases, kernel_phases=KERNEL_PHASES,
+    gemm_phase=lambda timer, a, b, X: "GEMM",
+    title=lambda batch: f"reference CNN, float32, batch {batch}", make_data=make_data)
 
 
 if __name__ == "__main__":

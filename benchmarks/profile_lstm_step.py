@@ -77,23 +77,9 @@ def gemm_phase(timer, a, b, X):
     return "other"
 
 
-def make_data(batch):
-    X, y, _ = cases.make_sequences(batch)
-    return X, y
-
-
-def gemm_floor(batch):
-    """A callable running the step's products at the Numba backend's shapes
-    (``cases.lstm_gemm_shapes``), into preallocated outputs."""
-    size = cases.dataclasses.replace(cases.SIZES["tiny"], lstm_batch=batch)
-    return cases.LstmFloorCase("numpy", size).prepare().run
-
-
 NETWORK = _step_profile.Network(
-    phases=PHASES, method_phases=lambda backend: METHOD_PHASES, kernel_phases=KERNEL_PHASES,
-    gemm_phase=gemm_phase, make_data=make_data, make_model=cases.make_lstm,
-    make_torch=lambda: cases.make_torch_lstm("cpu"), lr=cases.LSTM_LR, gemm_floor=gemm_floor,
-    n_gemms=lambda batch: len(cases.lstm_gemm_shapes(batch)),
+    cases.LSTM_NET, phases=PHASES, method_phases=lambda backend: METHOD_PHASES,
+    kernel_phases=KERNEL_PHASES, gemm_phase=gemm_phase,
     title=lambda batch: f"reference LSTM, float32, batch {batch}, {cases.LSTM_STEPS} steps")
 
 
