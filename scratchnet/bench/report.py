@@ -532,13 +532,7 @@ def render_markdown(raw, plots=None, plot_note=None):
                   f"One `fit` pass with SGD: per-sample over {_join(n_ps)} samples, mini-batch "
                   f"over {_join(n_mb)} samples (784 inputs, 10 classes). Speed-up = mini-batch "
                   "samples/s ÷ per-sample samples/s at the same batch size (same update).", "",
-                  md_table(["backend", "batch size", "per-sample median", "per-sample samples/s",
-                            "mini-batch median", "mini-batch samples/s",
-                            "mini-batch speed-up"],
-                           [(r["backend"], r["batch"], fmt_time(r["ps_median"]),
-                             fmt_rate(r["ps_sps"]), fmt_time(r["mb_median"]),
-                             fmt_rate(r["mb_sps"]), fmt_ratio(r["speedup"], "×"))
-                            for r in ps]), ""]
+                  _per_sample_md(ps), ""]
     fz = fused_table(results)
     if fz:
         lines += ["## 2. Fused vs composed primitives", "",
@@ -580,14 +574,7 @@ def render_markdown(raw, plots=None, plot_note=None):
     if inf:
         lines += ["## 4. Inference", "",
                   "`predict` (forward pass, outputs back on the host) over the test images.", "",
-                  md_table(["batch size", "implementation", "median per pass", "samples",
-                            "µs/sample", "predictions/s", "÷ PyTorch CPU", "÷ numpy"],
-                           [(r["batch"], _impl_name(r["impl"]), fmt_time(r["median"]),
-                             f"{r['samples']:,}" if r["samples"] else "—",
-                             f"{r['us_per_sample']:.2f}" if r["us_per_sample"] else "—",
-                             fmt_rate(r["sps"]), fmt_ratio(r["vs_torch"]),
-                             fmt_ratio(r["vs_numpy"]))
-                            for r in inf]), ""]
+                  _inference_md(inf, with_rate=True), ""]
     comp = compile_table(results)
     if comp:
         lines += ["## 5. Kernel compilation (kept out of every timing above)", "",
@@ -625,23 +612,11 @@ def render_markdown(raw, plots=None, plot_note=None):
                             for r in layers]), ""]
     if cnn_ps:
         lines += ["### Per-sample vs mini-batch backprop", "",
-                  md_table(["backend", "batch size", "per-sample median", "per-sample samples/s",
-                            "mini-batch median", "mini-batch samples/s",
-                            "mini-batch speed-up"],
-                           [(r["backend"], r["batch"], fmt_time(r["ps_median"]),
-                             fmt_rate(r["ps_sps"]), fmt_time(r["mb_median"]),
-                             fmt_rate(r["mb_sps"]), fmt_ratio(r["speedup"], "×"))
-                            for r in cnn_ps]), ""]
+                  _per_sample_md(cnn_ps), ""]
     if cnn_inf:
         lines += ["### Inference", "",
                   "`predict` (forward pass, outputs back on the host) over the test images.", "",
-                  md_table(["batch size", "implementation", "median per pass", "samples",
-                            "µs/sample", "÷ PyTorch CPU", "÷ numpy"],
-                           [(r["batch"], _impl_name(r["impl"]), fmt_time(r["median"]),
-                             f"{r['samples']:,}" if r["samples"] else "—",
-                             f"{r['us_per_sample']:.2f}" if r["us_per_sample"] else "—",
-                             fmt_ratio(r["vs_torch"]), fmt_ratio(r["vs_numpy"]))
-                            for r in cnn_inf]), ""]
+                  _inference_md(cnn_inf, with_rate=False), ""]
     if plots:
         lines += ["## Plots", ""]
         for p in plots:
@@ -649,6 +624,29 @@ def render_markdown(raw, plots=None, plot_note=None):
     if plot_note:
         lines += [f"_{plot_note}_", ""]
     return "\n".join(lines)
+
+
+def _per_sample_md(rows):
+    """The per-sample vs mini-batch table of ``per_sample_table`` rows."""
+    return md_table(["backend", "batch size", "per-sample median", "per-sample samples/s",
+                     "mini-batch median", "mini-batch samples/s", "mini-batch speed-up"],
+                    [(r["backend"], r["batch"], fmt_time(r["ps_median"]),
+                      fmt_rate(r["ps_sps"]), fmt_time(r["mb_median"]),
+                      fmt_rate(r["mb_sps"]), fmt_ratio(r["speedup"], "×"))
+                     for r in rows])
+
+
+def _inference_md(rows, with_rate):
+    """The inference table of ``inference_table`` rows (``with_rate``: a
+    predictions/s column too)."""
+    head = ["batch size", "implementation", "median per pass", "samples", "µs/sample"]
+    head += ["predictions/s"] * with_rate + ["÷ PyTorch CPU", "÷ numpy"]
+    return md_table(head, [(r["batch"], _impl_name(r["impl"]), fmt_time(r["median"]),
+                            f"{r['samples']:,}" if r["samples"] else "—",
+                            f"{r['us_per_sample']:.2f}" if r["us_per_sample"] else "—",
+                            *([fmt_rate(r["sps"])] * with_rate),
+                            fmt_ratio(r["vs_torch"]), fmt_ratio(r["vs_numpy"]))
+                           for r in rows])
 
 
 def _join(values):
