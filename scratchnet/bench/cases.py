@@ -885,6 +885,10 @@ class NetStepCase(_NetCase):
     PyTorch's eager step for the torch implementations."""
 
     @property
+    def kind(self):
+        return f"{self.net.name}_step"
+
+    @property
     def group(self):
         return f"{self.net.name}_step-b{self.batch}"
 
@@ -938,6 +942,10 @@ class NetFloorCase(_NetCase):
     through the implementation's matmul into preallocated outputs."""
 
     @property
+    def kind(self):
+        return f"{self.net.name}_floor"
+
+    @property
     def group(self):
         return f"{self.net.name}_step-b{self.batch}"
 
@@ -959,6 +967,10 @@ class NetTrainCase(_NetCase):
 
     mode: str = "minibatch"
     batch_size: int = 32
+
+    @property
+    def kind(self):
+        return f"{self.net.name}_train"
 
     @property
     def group(self):
@@ -1217,21 +1229,18 @@ CNN = ReferenceNet("cnn", CNN_LR, make_cnn, make_torch_cnn, make_images, cnn_gem
 @dataclasses.dataclass(frozen=True, repr=False)
 class CnnStepCase(NetStepCase):
     """One training step of the reference CNN (Adam 1e-3) at ``size.cnn_batch``."""
-    kind = "cnn_step"
     net = CNN
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class CnnFloorCase(NetFloorCase):
     """The reference CNN step's 11 matrix products alone (``cnn_gemm_shapes``)."""
-    kind = "cnn_floor"
     net = CNN
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class CnnTrainCase(NetTrainCase):
     """One pass of ``fit`` over ``size.cnn_slice`` images, per sample or mini-batch."""
-    kind = "cnn_train"
     net = CNN
 
 
@@ -1339,21 +1348,18 @@ LSTM_NET = ReferenceNet("lstm", LSTM_LR, make_lstm, make_torch_lstm, make_sequen
 @dataclasses.dataclass(frozen=True, repr=False)
 class LstmStepCase(NetStepCase):
     """One training step of the reference LSTM (Adam 1e-3) at ``size.lstm_batch``."""
-    kind = "lstm_step"
     net = LSTM_NET
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class LstmFloorCase(NetFloorCase):
     """The reference LSTM step's matrix products alone (``lstm_gemm_shapes``)."""
-    kind = "lstm_floor"
     net = LSTM_NET
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class LstmTrainCase(NetTrainCase):
     """One pass of ``fit`` over ``size.lstm_slice`` sequences, per sample or mini-batch."""
-    kind = "lstm_train"
     net = LSTM_NET
 
 
